@@ -1,0 +1,1 @@
+"""The embedded default: a tiny DiT trained on scikit-learn's handwritten digits, and its FID network."""

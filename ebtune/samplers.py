@@ -1,0 +1,170 @@
+"""One sampling loop for every sampler; a sampler only supplies its `update` step.
+
+The loop owns the noise generator, the respaced timesteps, classifier-free guidance (DiT's doubled
+batch with the null label, guidance on the first `channels` ε channels), the cache lifecycle and the
+single ε-scale hook, which rescales the guided ε before the sampler step. Sampling step i runs chain
+index K−1−i, so step 0 is the noisiest.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .cache import CachedModel
+from .diffusion import GaussianDiffusion
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: ε = ε_u + scale·(ε_c − ε_u) on the first `channels` channels.
+
+    DiT guides only 3 of its 4 latent channels; `channels=None` guides all. scale ≤ 1 disables
+    guidance (no doubled batch), as in DiT's sample.py.
+    """
+
+    scale: float = 1.0
+    null_label: int = 1000
+    channels: int | None = 3
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 1.0
+
+
+class SamplerStep(ABC):
+    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels."""
+
+    @abstractmethod
+    def update(
+        self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One reverse step at chain index k (k = 0 is the last)."""
+
+
+class AncestralStep(SamplerStep):
+    """DiT's `p_sample`: posterior mean from x̂₀ plus learned-range variance noise (none at k = 0)."""
+
+    def update(self, diffusion, k, x, eps, var_values, generator):
+        t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        mean, _, log_var = diffusion.p_mean_variance(x, t, eps, var_values)
+        if k == 0:
+            return mean
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + torch.exp(0.5 * log_var) * noise
+
+
+@dataclass(frozen=True)
+class DDIMStep(SamplerStep):
+    """DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0; ε is used as predicted (no clipping)."""
+
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.eta < 0:
+            raise ValueError(f"ddim eta must be >= 0, got {self.eta}")
+
+    def update(self, diffusion, k, x, eps, var_values, generator):
+        ab, ab_prev = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
+        x0 = diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
+        sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
+        mean = x0 * math.sqrt(ab_prev) + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if k == 0 or sigma == 0:
+            return mean
+        return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+SAMPLER_STEPS: dict[str, Callable[..., SamplerStep]] = {"ddpm": AncestralStep, "ddim": DDIMStep}
+
+
+class Sampler:
+    """K-step sampler over DiT's respaced linear-beta chain.
+
+    Args:
+        steps: number of sampling steps K.
+        step: the update rule (`AncestralStep` or `DDIMStep`).
+        guidance: classifier-free guidance settings.
+    """
+
+    def __init__(self, steps: int, step: SamplerStep, guidance: Guidance = Guidance()):
+        self.diffusion = GaussianDiffusion.respaced(steps)
+        self.steps = steps
+        self.step = step
+        self.guidance = guidance
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        """Normalised time of each sampling step: 1 at step 0 (pure noise) down to 0."""
+        return tuple(float(v) for v in self.diffusion.normalised_time()[::-1])
+
+    def model_timestep(self, i: int) -> int:
+        return self.diffusion.timestep_map[self.steps - 1 - i]
+
+    def model_output(self, model: nn.Module, x: torch.Tensor, i: int, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided ε and the variance channels at sampling step i: (N, C, H, W) each."""
+        C = x.shape[1]
+        t = torch.full((x.shape[0],), self.model_timestep(i), device=x.device, dtype=torch.long)
+        if not self.guidance.active:
+            out = model(x, t, labels)
+            return out[:, :C], out[:, C:]
+        null = torch.full_like(labels, self.guidance.null_label)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2N, C_out, H, W)
+        cond, uncond = out.chunk(2)
+        g = C if self.guidance.channels is None else min(self.guidance.channels, C)
+        guided = uncond[:, :g] + self.guidance.scale * (cond[:, :g] - uncond[:, :g])
+        eps = torch.cat([guided, cond[:, g:C]], dim=1)
+        return eps, cond[:, C:]
+
+    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        schedule: Schedule | None = None,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Run the K steps from `noise` (N, C, H, W) for `labels` (N,); returns the final x₀ sample.
+
+        With a `schedule`, a cache is attached for this call only (reset at its start, removed at its
+        end) and ε is scaled by `schedule.eps_scale[i]` at step i.
+        """
+        if schedule is not None and schedule.steps != self.steps:
+            raise ValueError(f"schedule has {schedule.steps} steps but the sampler runs {self.steps}; retarget it first")
+        cache = CachedModel(model, schedule) if schedule is not None else None
+        try:
+            if cache is not None:
+                cache.reset()
+            x = noise
+            for i in range(self.steps):
+                if cache is not None:
+                    cache.set_step(i)
+                eps, var_values = self.model_output(model, x, i, labels)
+                if schedule is not None and schedule.eps_scale[i] != 1.0:
+                    eps = eps * schedule.eps_scale[i]
+                x = self.update(i, x, eps, var_values, generator)
+                if on_step is not None:
+                    on_step(i)
+            return x
+        finally:
+            if cache is not None:
+                cache.close()
+
+
+def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
+    """`name` is "ddpm" (ancestral) or "ddim"; params go to the step (e.g. eta for ddim)."""
+    if name not in SAMPLER_STEPS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLER_STEPS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return Sampler(steps, SAMPLER_STEPS[name](**params), guidance)
