@@ -8,7 +8,8 @@ current step's gate to it. The sampler owns the lifecycle: `reset()` before a sa
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -81,6 +82,7 @@ class CachedModel:
         self.state = CacheState()
         self.step = 0
         self._restore: list[Callable[[], None]] = []
+        self._forced: dict[str, bool] | None = None
         # Python bools per (branch, step, block): decided before the loop, no tensor logic in forwards.
         self._compute = {branch: schedule.mask(branch) for branch in BRANCHES}
         try:
@@ -97,11 +99,11 @@ class CachedModel:
         had_own = attr in vars(owner)
         previous = vars(owner).get(attr)
         original = getattr(owner, attr)
-        compute = self._compute[branch]
         state, key = self.state, (block, branch)
 
         def cached_branch(*args, **kwargs):
-            if compute[self.step][block]:
+            forced = self._forced
+            if (forced[branch] if forced is not None else self._compute[branch][self.step][block]):
                 out = original(*args, **kwargs)
                 state.put(key, out)
                 return out
@@ -120,6 +122,16 @@ class CachedModel:
         if not 0 <= step < self.schedule.steps:
             raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")
         self.step = step
+
+    @contextmanager
+    def forced(self, attn: bool, mlp: bool) -> Iterator[None]:
+        """Within the block, every block computes (True) or reuses (False) each branch regardless
+        of the schedule: what-if evaluation for calibration. The cache itself is still updated."""
+        self._forced = {"attn": attn, "mlp": mlp}
+        try:
+            yield
+        finally:
+            self._forced = None
 
     def close(self) -> None:
         while self._restore:

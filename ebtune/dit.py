@@ -270,7 +270,7 @@ def _1d_sincos(embed_dim: int, pos: np.ndarray) -> np.ndarray:
 
 
 # Official presets: name -> (depth, hidden_size, num_heads); patch sizes 2, 4, 8.
-_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
+PRESET_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
 
 DIT_CONFIGS: dict[str, Callable[..., DiTConfig]] = {
     f"DiT-{size}/{patch}": (
@@ -278,7 +278,7 @@ DIT_CONFIGS: dict[str, Callable[..., DiTConfig]] = {
             depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, **kw
         )
     )
-    for size, (depth, hidden, heads) in _SIZES.items()
+    for size, (depth, hidden, heads) in PRESET_SIZES.items()
     for patch in (2, 4, 8)
 }
 
