@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 # Sub-command modules, in the order `ebtune --help` lists them.
-COMMANDS = ["cli_sample"]
+COMMANDS = ["cli_sample", "cli_export", "cli_ui"]
 
 
 class UsageError(ValueError):
@@ -22,7 +22,9 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    parser = argparse.ArgumentParser(prog="ebtune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ebtune", description="Find, prove and apply feature-caching schedules for Diffusion Transformers."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"ebtune.{name}").add_parser(sub)

@@ -63,6 +63,8 @@ def store_from(overrides: list[str], cwd: Path) -> tuple[str, Path]:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As the server does, so a port still in TIME_WAIT after a previous `ebtune ui` counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -40,6 +40,8 @@ class Guidance:
 class SamplerStep(ABC):
     """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels."""
 
+    name: str  # the registry name, recorded with every result
+
     @abstractmethod
     def update(
         self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
@@ -50,6 +52,8 @@ class SamplerStep(ABC):
 
 class AncestralStep(SamplerStep):
     """DiT's `p_sample`: posterior mean from x̂₀ plus learned-range variance noise (none at k = 0)."""
+
+    name = "ddpm"
 
     def update(self, diffusion, k, x, eps, var_values, generator):
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
@@ -65,6 +69,7 @@ class DDIMStep(SamplerStep):
     """DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0; ε is used as predicted (no clipping)."""
 
     eta: float = 0.0
+    name = "ddim"
 
     def __post_init__(self) -> None:
         if self.eta < 0:
@@ -78,6 +83,11 @@ class DDIMStep(SamplerStep):
         if k == 0 or sigma == 0:
             return mean
         return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def step_times(steps: int) -> tuple[float, ...]:
+    """Normalised time of each of K sampling steps: 1 at step 0 (pure noise) down to 0."""
+    return tuple(float(v) for v in GaussianDiffusion.respaced(steps).normalised_time()[::-1])
 
 
 SAMPLER_STEPS: dict[str, Callable[..., SamplerStep]] = {"ddpm": AncestralStep, "ddim": DDIMStep}
@@ -100,8 +110,7 @@ class Sampler:
 
     @property
     def times(self) -> tuple[float, ...]:
-        """Normalised time of each sampling step: 1 at step 0 (pure noise) down to 0."""
-        return tuple(float(v) for v in self.diffusion.normalised_time()[::-1])
+        return step_times(self.steps)
 
     def model_timestep(self, i: int) -> int:
         return self.diffusion.timestep_map[self.steps - 1 - i]

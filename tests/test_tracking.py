@@ -211,6 +211,16 @@ def test_ui_store_errors(tmp_path: Path) -> None:
         cli_ui.store_from(["tracking.uri=http://10.0.0.5:5000"], tmp_path)
 
 
+def test_ui_port_in_use_is_an_error(store: Path) -> None:
+    assert cli_ui.store_from([], Path.cwd()) == (f"sqlite:///{store}", store.parent / "mlartifacts")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1 is in use; pass --port"):
+            cli_ui.run(argparse.Namespace(host="127.0.0.1", port=port, overrides=[]))
+
+
 def _health(url: str) -> int | None:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -235,9 +245,10 @@ def test_ui_serves_and_stops_on_ctrl_c(store: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while _health(url) != 200:
+        # Ready means both: the server answers and `ebtune ui` has printed its URL (it polls /health itself).
+        while _health(url) != 200 or f"MLflow UI: {url}" not in (tmp_path / "ui.out").read_text():
             assert proc.poll() is None, (tmp_path / "ui.out").read_text()
-            assert time.monotonic() < deadline, "MLflow UI not healthy within 60 s"
+            assert time.monotonic() < deadline, "MLflow UI not healthy and announced within 60 s"
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -245,5 +256,4 @@ def test_ui_serves_and_stops_on_ctrl_c(store: Path, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         log.close()
-    assert f"MLflow UI: {url}" in (tmp_path / "ui.out").read_text()
     assert _health(url) is None  # the server's process group is gone too

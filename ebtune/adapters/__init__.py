@@ -18,6 +18,8 @@ BranchSite = tuple[Any, str]  # (object owning the callable, attribute name)
 class Adapter(ABC):
     """Where to cache in one model family."""
 
+    family: str  # recorded in schedule files, e.g. "dit"
+
     @classmethod
     @abstractmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -31,6 +33,8 @@ class Adapter(ABC):
 class DiTAdapter(Adapter):
     """ebtune's own `DiT`: the block methods `attn_branch` and `mlp_branch` are the seam."""
 
+    family = "dit"
+
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         from ..dit import DiT
@@ -41,7 +45,10 @@ class DiTAdapter(Adapter):
         return [{"attn": (block, "attn_branch"), "mlp": (block, "mlp_branch")} for block in model.blocks]
 
 
-ADAPTERS: list[type[Adapter]] = [DiTAdapter]
+from .diffusers_dit import DiffusersDiTAdapter  # noqa: E402  (subclasses Adapter above)
+from .pixart import PixArtAdapter  # noqa: E402
+
+ADAPTERS: list[type[Adapter]] = [DiTAdapter, DiffusersDiTAdapter, PixArtAdapter]
 
 
 def adapter_for(model: nn.Module) -> Adapter:

@@ -48,8 +48,12 @@ class DigitClassifier(nn.Module):
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] to uint8 [0, 255] (same shape): v ↦ round((v + 1) · 127.5)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """Images in [-1, 1] to uint8 (same shape): v ↦ ⌊clamp(127.5·v + 128, 0, 255)⌋.
+
+    DiT's sample_ddp.py rule, as in `ebtune.decoders.to_uint8`, so real and generated images
+    quantize alike.
+    """
+    return torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
 
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:

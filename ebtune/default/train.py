@@ -26,7 +26,7 @@ TINY_CONFIG = DiTConfig(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 15000
+    steps: int = 10000
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 5e-5

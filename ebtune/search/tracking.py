@@ -154,9 +154,9 @@ class SearchTracker:
             parent = self._client.create_run(experiment_id, start_time=_now_ms(), run_name=search_name,
                                              tags={SEARCH_TAG: search_name})
             self._parent = parent.info.run_id
-        changed = self._new_params(parent, info, what=f"search {search_name!r}", strict=False)
-        self._client.log_batch(self._parent, params=[Param(k, v) for k, v in changed[0].items()],
-                               tags=[RunTag(f"resumed.{k}", v) for k, v in changed[1].items()])
+        new, changed = self._new_params(parent, info, what=f"search {search_name!r}", strict=False)
+        self._client.log_batch(self._parent, params=[Param(k, v) for k, v in new.items()],
+                               tags=[RunTag(f"resumed.{k}", v) for k, v in changed.items()])
         self._client.log_dict(self._parent, config, "config.json")
         self._client.log_dict(self._parent, space, "space.json")
         return self._parent

@@ -1,0 +1,127 @@
+"""`ebtune export` and `ebtune schedules list`: pick a point of a search's Pareto front and ship it.
+
+SOURCE is a search folder (holding `pareto.json`) or an MLflow run id: a trial's run exports that
+trial, a search's parent run stands for its folder (read from the run's `ebtune.folder` tag).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from .schedule_file import ScheduleFileError, load_schedule_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a tuned schedule file from a search's Pareto front",
+                       description="Choose one Pareto point (default: the knee) and write its schedule file. "
+                       "Overrides: tracking.uri=URI (to resolve MLflow run ids).")
+    p.add_argument("source", help="search folder or MLflow run id")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--knee", action="store_true", help="the knee of the front (default)")
+    pick.add_argument("--max-fid", type=float, metavar="X", help="the fastest point with FID <= X")
+    pick.add_argument("--min-speedup", type=float, metavar="Y", help="the best-FID point with speedup >= Y")
+    p.add_argument("--out", default="schedule.json", metavar="FILE", help="where to write (default: schedule.json)")
+    p.set_defaults(run=run_export)
+
+    s = sub.add_parser("schedules", help="inspect searches' schedules")
+    ssub = s.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    ls = ssub.add_parser("list", help="show a search's Pareto front as a table")
+    ls.add_argument("source", help="search folder or MLflow run id")
+    ls.set_defaults(run=run_list)
+
+
+def _tracking_uri(overrides: list[str]) -> str:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "tracking.uri":
+            return value
+    return f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
+
+
+def load_front(source: str, overrides: list[str]) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """(search folder, pareto.json contents, the points to choose from) for a folder or run id."""
+    folder = Path(source)
+    only_trial = None
+    if not (folder / "pareto.json").is_file():
+        if folder.exists():
+            raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
+        folder, only_trial = _folder_of_run(source, _tracking_uri(overrides))
+    data = json.loads((folder / "pareto.json").read_text())
+    points = data.get("points", [])
+    if only_trial is not None:
+        points = [p for p in points + data.get("trials", []) if p.get("number") == only_trial][:1]
+        if not points:
+            raise ValueError(f"trial {only_trial} of run {source} has no schedule in {folder}; it may have failed")
+    if not points:
+        raise ValueError(f"the Pareto front in {folder} is empty; run more trials or relax the constraints")
+    return folder, data, points
+
+
+def _folder_of_run(run_id: str, uri: str) -> tuple[Path, int | None]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise FileNotFoundError(f"{run_id!r} is neither a search folder nor a run in {uri}; pass a folder or set tracking.uri=") from None
+    tags = run.data.tags
+    if "ebtune.folder" not in tags:
+        raise ValueError(f"run {run_id} was not written by `ebtune search` (no ebtune.folder tag)")
+    trial = tags.get("ebtune.trial")
+    return Path(tags["ebtune.folder"]), int(trial) if trial is not None else None
+
+
+def choose(points: list[dict[str, Any]], objectives: list[str], max_fid: float | None, min_speedup: float | None) -> dict[str, Any]:
+    """The knee by default; with a bound, the best point on the other axis that meets it."""
+    from .search.pareto import knee
+
+    if max_fid is not None:
+        ok = [p for p in points if p["metrics"]["fid"] <= max_fid]
+        if not ok:
+            best = min(p["metrics"]["fid"] for p in points)
+            raise ValueError(f"no Pareto point has FID <= {max_fid} (best is {best:.3g}); raise --max-fid")
+        return max(ok, key=lambda p: p["metrics"]["speedup"])
+    if min_speedup is not None:
+        ok = [p for p in points if p["metrics"]["speedup"] >= min_speedup]
+        if not ok:
+            best = max(p["metrics"]["speedup"] for p in points)
+            raise ValueError(f"no Pareto point reaches speedup {min_speedup} (best is {best:.3g}x); lower --min-speedup")
+        return min(ok, key=lambda p: p["metrics"]["fid"])
+    return points[knee([p["metrics"] for p in points], objectives)]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    folder, data, points = load_front(args.source, args.overrides)
+    point = choose(points, data.get("objectives", ["fid", "macs"]), args.max_fid, args.min_speedup)
+    try:
+        file = load_schedule_file(folder / point["schedule_file"])
+    except ScheduleFileError as e:
+        raise ValueError(f"{e}") from None
+    how = f"max_fid={args.max_fid}" if args.max_fid is not None else f"min_speedup={args.min_speedup}" if args.min_speedup is not None else "knee"
+    provenance = {**file.provenance, "exported": {"from": str(folder.resolve()), "trial": point.get("number"), "choice": how,
+                                                   "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dataclasses.replace(file, provenance=provenance).save(out)
+    m = point["metrics"]
+    print(f"exported trial {point.get('number')} ({how}): FID {m.get('fid', float('nan')):.3f}, "
+          f"speedup {m.get('speedup', float('nan')):.2f}x -> {out}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    folder, data, points = load_front(args.source, args.overrides)
+    cols = ["fid", "speedup", "macs", "latency_s", "distance", "accuracy"]
+    print(f"Pareto front of {folder} ({data.get('model')}, {data.get('sampler')}, {data.get('steps')} steps, "
+          f"objectives {', '.join(data.get('objectives', []))})")
+    print(f"{'trial':>6} " + " ".join(f"{c:>10}" for c in cols) + "  schedule_file")
+    for p in sorted(points, key=lambda p: p["metrics"].get("speedup", 0)):
+        m = p["metrics"]
+        cells = [f"{m[c]:>10.4g}" if isinstance(m.get(c), (int, float)) else f"{'-':>10}" for c in cols]
+        print(f"{p.get('number', '-'):>6} " + " ".join(cells) + f"  {p.get('schedule_file', '')}")
+    return 0

@@ -1,0 +1,28 @@
+"""Sample-quality metrics: FID through torch-fidelity and the digits classifier's accuracy."""
+from __future__ import annotations
+
+from .fid import (
+    FID_EVALUATORS,
+    DigitsFID,
+    FIDEvaluator,
+    InceptionFID,
+    classifier_accuracy,
+    fid_between,
+    make_fid,
+    register_digits_extractor,
+)
+from .inception import inception_weights_path, install_inception_weights, require_inception_weights
+
+__all__ = [
+    "FID_EVALUATORS",
+    "DigitsFID",
+    "FIDEvaluator",
+    "InceptionFID",
+    "classifier_accuracy",
+    "fid_between",
+    "inception_weights_path",
+    "install_inception_weights",
+    "make_fid",
+    "register_digits_extractor",
+    "require_inception_weights",
+]

@@ -1,0 +1,92 @@
+"""The baselines every search evaluates first and draws on the same plot as its trials.
+
+- `nocache`: every branch computed (also the reference for `distance` and `latency_speedup`);
+- `fora2`, `fora3`: FORA, both branches recomputed every 2nd / 3rd step;
+- `ebcache-table`: the EB-Cache released table with the paper's b(t) (b_h 0.98, b_l 0.96, t_s 0.4);
+- `<sampler>-<k>`: no cache with fewer steps, k = round(K · MACs(cached) / MACs(no cache)) for each
+  cached baseline above (e.g. 25/26 and 17/18 for K = 50), so a cache schedule only counts where it
+  beats simply taking fewer steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..eps_scale import make_eps_scale
+from ..samplers import Sampler
+from ..schedule import Schedule
+from ..schedules import ScheduleContext, make_schedule
+from .objective import Evaluator, Outcome, Reference
+
+NO_CACHE = "nocache"
+# (name, schedule family, family params, ε-scale form) of the cached baselines at the search's steps.
+CACHED = (
+    ("fora2", "fora", {"interval": 2}, {"name": "none"}),
+    ("fora3", "fora", {"interval": 3}, {"name": "none"}),
+    ("ebcache-table", "ebcache-table", {}, {"name": "ebcache", "b_h": 0.98, "b_l": 0.96, "t_s": 0.4}),
+)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A named schedule at some step count, with the ε-scale form it was built from."""
+
+    name: str
+    family: str
+    params: dict[str, Any] = field(default_factory=dict)
+    eps_scale: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    steps: int = 0
+
+    def schedule(self, ctx: ScheduleContext) -> Schedule:
+        form = {k: v for k, v in self.eps_scale.items() if k != "name"}
+        factors = make_eps_scale(self.eps_scale["name"], **form).factors(ctx.times)
+        return make_schedule(self.family, ctx, **self.params).with_eps_scale(factors)
+
+
+def baseline_names(evaluator: Evaluator) -> list[str]:
+    """Names of the baselines this search evaluates, in order (constraints may refer to them)."""
+    return [b.name for b in plan(evaluator)]
+
+
+def plan(evaluator: Evaluator) -> list[Baseline]:
+    """No cache, the cached baselines, then no cache at the step counts matching their MACs."""
+    steps, sampler = evaluator.sampler.steps, evaluator.sampler
+    out = [Baseline(NO_CACHE, "none", steps=steps)]
+    fewer: list[int] = []
+    for name, family, params, form in CACHED:
+        base = Baseline(name, family, dict(params), dict(form), steps)
+        out.append(base)
+        ratio = evaluator.macs(base.schedule(evaluator.ctx), sampler) / evaluator.ref_macs
+        k = max(1, round(steps * ratio))
+        if k < steps and k not in fewer:
+            fewer.append(k)
+    sampler_name = evaluator.cfg["sampler"]["name"]
+    out += [Baseline(f"{sampler_name}-{k}", "none", steps=k) for k in sorted(fewer, reverse=True)]
+    return out
+
+
+def evaluate_baselines(
+    evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome], None] | None = None,
+) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
+    """Evaluate every baseline (no cache first, as the reference of the others).
+
+    Args:
+        on_done: called after each baseline with its schedule, sampler and outcome (for recording).
+
+    Returns:
+        (baseline, outcome) pairs in `plan` order and the no-cache reference for the trials.
+    """
+    results: list[tuple[Baseline, Outcome]] = []
+    reference: Reference | None = None
+    for base in plan(evaluator):
+        sampler = evaluator.sampler if base.steps == evaluator.sampler.steps else evaluator.sampler_at(base.steps)
+        ctx = ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times)
+        schedule = base.schedule(ctx)
+        outcome = evaluator.evaluate(schedule, reference, sampler)
+        if reference is None:
+            reference = Reference(outcome.latents, outcome.metrics["latency_s"])
+        results.append((base, outcome))
+        if on_done is not None:
+            on_done(base, schedule, sampler, outcome)
+    assert reference is not None  # plan() always starts with no cache
+    return results, reference

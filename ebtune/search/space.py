@@ -1,0 +1,244 @@
+"""Search spaces: a YAML file in `search_spaces/` mapped onto one schedule family and one ε-scale form.
+
+File layout (see `search_spaces/ebcache.yaml`)::
+
+    schedule: intervals          # a family of `ebtune.schedules.SCHEDULES`
+    eps_scale: ebcache           # a form of `ebtune.eps_scale.EPS_SCALES`
+    params:                      # searched, typed parameters
+      attn: {type: int, low: 1, high: 3}
+      eps_scale.b_h: {type: float, low: 0.94, high: 1.04}
+      mlp: {type: int, low: 1, high: 4, repeat: 4}     # a list: mlp_0..mlp_3 in the study
+    fixed:                       # passed as given
+      eps_scale.t_s: 0.4
+
+Names starting with `eps_scale.` go to the ε-scale form, the others to the schedule family. Loading
+checks every name against the family's and the form's signature, every range for emptiness, and
+builds the schedule at the space's low and high corners for the search's step count, so a space
+that cannot produce a valid schedule fails before any trial runs.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..config import CONF_DIR, ConfigError
+from ..eps_scale import EPS_SCALES, make_eps_scale
+from ..schedule import Schedule
+from ..schedules import SCHEDULES, ScheduleContext, make_schedule
+
+# Next to conf/ so that both live in the repository checkout and in an installed package.
+SPACES_DIR = CONF_DIR.resolve().parent / "search_spaces"
+EPS_PREFIX = "eps_scale."
+_TYPES = ("int", "float", "categorical")
+_KEYS = {"type", "low", "high", "step", "log", "choices", "repeat"}
+
+
+def space_names() -> list[str]:
+    """The spaces shipped in `search_spaces/` (file stems)."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter. `repeat` > 0 makes it a list of that many values (`name_0`, `name_1`, ...)."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    repeat: int = 0
+
+    @property
+    def study_names(self) -> list[str]:
+        """The names under which Optuna stores this parameter."""
+        return [f"{self.name}_{i}" for i in range(self.repeat)] if self.repeat else [self.name]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def corner(self, high: bool) -> Any:
+        """The lowest or highest value this parameter can take (first/last choice if categorical)."""
+        if self.type == "categorical":
+            return self.choices[-1 if high else 0]
+        if not high:
+            return int(self.low) if self.type == "int" else float(self.low)
+        if self.type == "int":  # the largest value on the step grid
+            step = int(self.step or 1)
+            return int(self.low) + (int(self.high) - int(self.low)) // step * step
+        return float(self.high)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A loaded, validated space: the family and ε-scale form, the searched and the fixed parameters."""
+
+    name: str
+    schedule: str
+    eps_scale: str
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask an Optuna trial (or anything with its `suggest_*` methods) for one point: study name → value."""
+        return {name: p.suggest(trial, name) for p in self.params for name in p.study_names}
+
+    def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(schedule family kwargs, ε-scale kwargs) from a point as `suggest` returns it, plus `fixed`."""
+        values: dict[str, Any] = dict(self.fixed)
+        for p in self.params:
+            missing = [n for n in p.study_names if n not in params]
+            if missing:
+                raise ValueError(f"point has no value for {', '.join(missing)} of space {self.name!r}; pass every parameter")
+            values[p.name] = [params[n] for n in p.study_names] if p.repeat else params[p.name]
+        sched = {k: v for k, v in values.items() if not k.startswith(EPS_PREFIX)}
+        eps = {k[len(EPS_PREFIX):]: v for k, v in values.items() if k.startswith(EPS_PREFIX)}
+        return sched, eps
+
+    def eps_form(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parametric ε-scale form of a point, as a schedule file stores it: {"name": ..., **kwargs}."""
+        return {"name": self.eps_scale, **self.split(params)[1]}
+
+    def to_schedule(self, params: Mapping[str, Any], ctx: ScheduleContext) -> Schedule:
+        """The schedule of one point: the family's masks with ε factors of the form at `ctx.times`.
+
+        Raises:
+            ValueError: the point does not give a valid schedule (e.g. warm-up + cool-down > steps).
+        """
+        sched, eps = self.split(params)
+        factors = make_eps_scale(self.eps_scale, **eps).factors(ctx.times)
+        return make_schedule(self.schedule, ctx, **sched).with_eps_scale(factors)
+
+    def corners(self) -> list[dict[str, Any]]:
+        """The all-low and the all-high points."""
+        return [{n: p.corner(high) for p in self.params for n in p.study_names} for high in (False, True)]
+
+    def check(self, ctx: ScheduleContext) -> None:
+        """Raise `ConfigError` unless both corners give a valid schedule for `ctx.steps` steps.
+
+        The families' constraints grow with their parameters (warm-up + cool-down ≤ steps, groups ≤
+        depth), so both corners being valid means the whole box is.
+        """
+        for corner, point in zip(("low", "high"), self.corners()):
+            try:
+                self.to_schedule(point, ctx)
+            except ValueError as e:
+                raise ConfigError(
+                    f"space {self.name!r} cannot produce a valid schedule for steps={ctx.steps} at its {corner} corner "
+                    f"({e}); narrow its ranges or use more steps"
+                ) from None
+
+    def describe(self) -> dict[str, Any]:
+        """A plain dict of the space (for --dry-run and the MLflow parent run)."""
+        params = {}
+        for p in self.params:
+            spec = {"type": p.type}
+            if p.type == "categorical":
+                spec["choices"] = list(p.choices)
+            else:
+                spec.update(low=p.low, high=p.high)
+                spec.update({k: v for k, v in (("step", p.step), ("log", p.log), ("repeat", p.repeat)) if v})
+            params[p.name] = spec
+        return {"name": self.name, "schedule": self.schedule, "eps_scale": self.eps_scale, "params": params,
+                "fixed": dict(self.fixed)}
+
+
+def _accepted(fn: Any, skip_first: bool) -> set[str]:
+    names = list(inspect.signature(fn).parameters)
+    return set(names[1:] if skip_first else names)
+
+
+def _param(name: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: parameter {name!r} must be a mapping like {{type: int, low: 1, high: 4}}")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ConfigError(f"{where}: parameter {name!r} has unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(_KEYS))}")
+    kind = spec.get("type")
+    if kind not in _TYPES:
+        raise ConfigError(f"{where}: parameter {name!r} has type {kind!r}; use one of: {', '.join(_TYPES)}")
+    repeat = spec.get("repeat", 0)
+    if not isinstance(repeat, int) or repeat < 0:
+        raise ConfigError(f"{where}: parameter {name!r} has repeat {repeat!r}; use a positive integer (list length)")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical parameter {name!r} needs a non-empty list of choices")
+        return Param(name, kind, choices=tuple(choices), repeat=repeat)
+    low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
+    numbers = [v for v in (low, high, step) if v is not None]
+    if low is None or high is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{where}: parameter {name!r} needs numeric low and high (and step, if given)")
+    if kind == "int" and not all(float(v).is_integer() for v in numbers):
+        raise ConfigError(f"{where}: int parameter {name!r} needs integer low, high and step")
+    if low > high:
+        raise ConfigError(f"{where}: parameter {name!r} has an empty range [{low}, {high}]; give low <= high")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{where}: parameter {name!r} has step {step}; give a positive step")
+    if log and (low <= 0 or step is not None):
+        raise ConfigError(f"{where}: log-scaled parameter {name!r} needs low > 0 and no step")
+    return Param(name, kind, low, high, step, log, repeat=repeat)
+
+
+def parse_space(doc: Any, name: str) -> SearchSpace:
+    """Validate a space document (the parsed YAML) without step-count checks (see `SearchSpace.check`).
+
+    Raises:
+        ConfigError: unknown family or form, unknown or duplicate parameter, bad type or empty range.
+    """
+    where = f"space {name!r}"
+    if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict) or not doc["params"]:
+        raise ConfigError(f"{where}: needs `schedule:`, `eps_scale:` and a non-empty `params:` mapping")
+    unknown_top = set(doc) - {"schedule", "eps_scale", "params", "fixed"}
+    if unknown_top:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown_top))}; use schedule, eps_scale, params, fixed")
+    family, form = doc.get("schedule"), doc.get("eps_scale", "none")
+    if family not in SCHEDULES:
+        raise ConfigError(f"{where}: unknown schedule family {family!r}; choose one of: {', '.join(SCHEDULES)}")
+    if form not in EPS_SCALES:
+        raise ConfigError(f"{where}: unknown eps_scale {form!r}; choose one of: {', '.join(EPS_SCALES)}")
+    fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{where}: `fixed:` must be a mapping of parameter: value")
+    params = tuple(_param(str(k), v, where) for k, v in doc["params"].items())
+    accepted = {"schedule": _accepted(SCHEDULES[family], skip_first=True), "eps_scale": _accepted(EPS_SCALES[form], False)}
+    for key in [p.name for p in params] + list(fixed):
+        side, bare = ("eps_scale", key[len(EPS_PREFIX):]) if key.startswith(EPS_PREFIX) else ("schedule", key)
+        if bare not in accepted[side]:
+            owner = f"eps_scale {form!r}" if side == "eps_scale" else f"schedule {family!r}"
+            raise ConfigError(f"{where}: unknown parameter {key!r} for {owner}; use one of: "
+                              f"{', '.join(sorted(accepted[side])) or '(none)'}")
+    overlap = {p.name for p in params} & set(fixed)
+    if overlap:
+        raise ConfigError(f"{where}: {', '.join(sorted(overlap))} is both searched and fixed; keep one")
+    return SearchSpace(name, family, form, params, dict(fixed))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Load `search_spaces/<name>.yaml`, or a YAML file path.
+
+    Raises:
+        ConfigError: unknown space name (the message lists the shipped ones) or an invalid file.
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        if name_or_path not in space_names():
+            raise ConfigError(f"unknown space {name_or_path!r}; choose one of: {', '.join(space_names())} "
+                              f"(or a path to a .yaml file)")
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"space file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+    return parse_space(doc, path.stem)
