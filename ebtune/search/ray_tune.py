@@ -8,6 +8,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -95,6 +96,8 @@ class RecordingCallback(tune.Callback):
         self._job.recorder.trial_finished(trial.config[NUMBER_KEY], _params(trial.config), _metrics(result), grid=grid)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        self._job.recorder.trial_finished(trial.config[NUMBER_KEY], _params(trial.config), None,
-                                          str(error) if error else "the Ray trial failed")
+        # The local error file is written before this hook; `trial.get_error()` reads the synced copy,
+        # which may not exist yet.
+        path = Path(trial.error_file) if trial.error_file else None
+        error = path.read_text().strip() if path and path.is_file() else "the Ray trial failed without an error file"
+        self._job.recorder.trial_finished(trial.config[NUMBER_KEY], _params(trial.config), None, error)
