@@ -18,7 +18,7 @@ import torch
 
 from ebtune.build import model_spec, sampler_from
 from ebtune.config import compose
-from ebtune.decoders import to_uint8
+from ebtune.decoders import quantize, to_uint8
 from ebtune.default import data
 from ebtune.default import classifier as clf
 from ebtune.generate import class_balanced_labels, generate
@@ -37,7 +37,7 @@ def main() -> None:
     a = p.parse_args()
     fid = make_fid("digits")
     _, _, x_test, y_test = data.load_digits_split()
-    clf_acc = clf.accuracy(clf.load_classifier(), clf.from_uint8(clf.to_uint8(x_test)), y_test)
+    clf_acc = clf.accuracy(clf.load_classifier(), clf.from_uint8(quantize(x_test)), y_test)
     real = to_uint8(x_test)
     rows = {"real test split": {"fid": fid.fid(real), "accuracy": classifier_accuracy(real, y_test.numpy())}}
     labels = class_balanced_labels(a.n, 10)

@@ -14,9 +14,14 @@ import torch
 VAE_SCALE = 0.18215
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to a uint8 tensor of the same shape: ⌊clamp(127.5·v + 128, 0, 255)⌋."""
+    return torch.clamp(127.5 * images + 128.0, 0, 255).to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] to uint8 N×H×W×C."""
-    return torch.clamp(127.5 * images + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """(N, C, H, W) in [-1, 1] to uint8 N×H×W×C (numpy), the layout every metric takes."""
+    return quantize(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Decoder(ABC):

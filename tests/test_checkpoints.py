@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from ebtune.checkpoints import CheckpointError, infer_config, load_checkpoint, read_state_dict
 from ebtune.dit import DiT, DiTConfig, dit_config
 
-from .conftest import SMALL, randomised
+from .conftest import SMALL
 
 OFFICIAL_KEYS = [
     "pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias", "t_embedder.mlp.0.weight", "t_embedder.mlp.2.weight",

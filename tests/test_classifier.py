@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ebtune.decoders import quantize
 from ebtune.default import classifier, data
 
 
@@ -30,7 +31,7 @@ def test_shipped_classifier_held_out_accuracy(split):
     _, _, x_test, y_test = split
     model = classifier.load_classifier()
     # Through uint8, the path generated images take.
-    acc = classifier.accuracy(model, classifier.from_uint8(classifier.to_uint8(x_test)), y_test)
+    acc = classifier.accuracy(model, classifier.from_uint8(quantize(x_test)), y_test)
     assert acc >= 0.97
 
 
@@ -49,7 +50,7 @@ def test_shipped_statistics_match_the_shipped_classifier(split):
     x_train = split[0]
     model = classifier.load_classifier()
     with torch.no_grad():
-        feats = model.features(classifier.from_uint8(classifier.to_uint8(x_train))).double().numpy()
+        feats = model.features(classifier.from_uint8(quantize(x_train))).double().numpy()
     with np.load(classifier.WEIGHTS_DIR / classifier.TRAIN_STATS_FILE) as f:
         mu, sigma = f["mu"], f["sigma"]
     np.testing.assert_allclose(mu, feats.mean(axis=0), rtol=1e-5, atol=1e-6)
@@ -58,7 +59,7 @@ def test_shipped_statistics_match_the_shipped_classifier(split):
 
 def test_uint8_round_trip_matches_dit_quantization():
     x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 1.5])
-    q = classifier.to_uint8(x)
+    q = quantize(x)
     assert q.tolist() == [0, 64, 128, 255, 255, 255]
     back = classifier.from_uint8(q[None, None, None].expand(1, 3, 1, 6))
     assert back.shape == (1, 1, 1, 6)

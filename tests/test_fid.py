@@ -7,6 +7,7 @@ import scipy.linalg
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from ebtune.decoders import to_uint8
 from ebtune.default import classifier, data
 from ebtune.metrics import (
     DigitsFID,
@@ -25,14 +26,11 @@ def _torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-    return classifier.to_uint8(x).permute(0, 2, 3, 1).numpy()
-
 
 @pytest.fixture(scope="module")
 def real():
     x_train, _, x_test, y_test = data.load_digits_split()
-    return _nhwc(x_train), _nhwc(x_test), y_test.numpy()
+    return to_uint8(x_train), to_uint8(x_test), y_test.numpy()
 
 
 @pytest.fixture(scope="module")

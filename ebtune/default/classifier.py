@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..decoders import quantize
 from . import data
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -48,15 +49,6 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))  # (N, 10)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] to uint8 (same shape): v ↦ ⌊clamp(127.5·v + 128, 0, 255)⌋.
-
-    DiT's sample_ddp.py rule, as in `ebtune.decoders.to_uint8`, so real and generated images
-    quantize alike.
-    """
-    return torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
 
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +135,7 @@ def feature_statistics(model: DigitClassifier, images: torch.Tensor) -> dict[str
     """
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    feats = model.eval().features(from_uint8(to_uint8(images)))
+    feats = model.eval().features(from_uint8(quantize(images)))
     stats = fid_features_to_statistics(feats.double())
     return {"mu": stats["mu"].astype(np.float64), "sigma": stats["sigma"].astype(np.float64)}
 
@@ -159,7 +151,7 @@ def build_shipped_files(out_dir: str | Path = WEIGHTS_DIR, seed: int = 0, log: C
     out_dir.mkdir(parents=True, exist_ok=True)
     model = train_classifier(seed=seed, log=log)
     x_train, _, x_test, y_test = data.load_digits_split()
-    log(f"held-out accuracy {accuracy(model, from_uint8(to_uint8(x_test)), y_test):.4f}")
+    log(f"held-out accuracy {accuracy(model, from_uint8(quantize(x_test)), y_test):.4f}")
     paths = {"classifier": out_dir / CLASSIFIER_FILE, "train_stats": out_dir / TRAIN_STATS_FILE}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(paths["classifier"]))
     np.savez(paths["train_stats"], **feature_statistics(model, x_train))
