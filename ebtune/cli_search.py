@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def _search(plan: dict[str, Any]) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recorder prints one line per trial instead
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store creation and migration notices
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a resumed parent run downloads its baselines
     cfg, space, name, folder, objectives = plan["cfg"], plan["space"], plan["name"], plan["folder"], plan["objectives"]
     constraints, device = plan["constraints"], plan["device"]
     if device.type == "cpu":

@@ -40,11 +40,9 @@ class Job:
     recorder: Recorder
     evaluator: Evaluator  # the driver's (local trials use it directly)
 
-    def tell(self, trial: Any, outcome: Outcome) -> list[float]:
-        """Store metrics and violations on the Optuna trial (before it is told) and return its values."""
-        return self.tell_metrics(trial, outcome.metrics)
-
-    def tell_metrics(self, trial: Any, metrics: dict[str, float]) -> list[float]:
+    def values(self, trial: Any, metrics: dict[str, float]) -> list[float]:
+        """Store metrics and constraint violations on the Optuna trial (before it is told); return the
+        objective values to tell."""
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("constraints", self.recorder.violations(metrics))
         return [metrics[m] for m in self.objectives]
@@ -84,12 +82,10 @@ class LocalLauncher(Launcher):
                 job.recorder.trial_finished(trial.number, params, None, "interrupted")
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the search goes on
-                msg = _error(exc)
-                trial.set_user_attr("error", msg.splitlines()[-1])
                 job.study.tell(trial, state=TrialState.FAIL)
-                job.recorder.trial_finished(trial.number, params, None, msg)
+                job.recorder.trial_finished(trial.number, params, None, _error(exc))
                 continue
-            job.study.tell(trial, job.tell(trial, outcome))
+            job.study.tell(trial, job.values(trial, outcome.metrics))
             job.recorder.trial_finished(trial.number, params, outcome.metrics, grid=outcome.grid)
 
 
@@ -158,7 +154,9 @@ class RayLauncher(Launcher):
         link = self._init()
         try:
             per_trial, concurrent = self.resources(ray.cluster_resources())
-            job.recorder.log(f"ray: {concurrent} concurrent trial(s), {per_trial} each, cluster {ray.cluster_resources()}")
+            cluster = ray.cluster_resources()
+            job.recorder.log(f"ray: {concurrent} concurrent trial(s) of {per_trial['cpu']:g} CPU + {per_trial['gpu']:g} GPU "
+                             f"on a cluster of {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
             setup = TrialSetup(json.dumps(job.cfg), job.space, job.reference, self.threads,
                                "cuda" if per_trial["gpu"] else "cpu")
             trainable = tune.with_resources(tune.with_parameters(ray_trial, setup=setup), per_trial)

@@ -73,7 +73,7 @@ class RecordingOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and not error and NUMBER_KEY in result:
-            self._job.tell_metrics(self._asked.pop(result[NUMBER_KEY]), _metrics(result))
+            self._job.values(self._asked.pop(result[NUMBER_KEY]), _metrics(result))
         super().on_trial_complete(trial_id, result, error)
 
 

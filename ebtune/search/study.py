@@ -2,7 +2,7 @@
 
 `study.db` (sqlite) in the search folder holds every trial with its parameters, objective values
 and user attributes (`metrics`: all reported metrics; `constraints`: violations, ≤ 0 = satisfied;
-`error`: why a trial failed), plus study attributes: `search` (the settings a resume must match),
+why a trial failed is in its MLflow run), plus study attributes: `search` (the settings a resume must match),
 `baselines` (their records) and `mlflow_runs` (trial number → MLflow run id). A search started
 again with the same name and folder loads the study and continues it; the sampler is rebuilt
 (Optuna does not store it) with its seed offset by the number of trials so far, so a resumed
