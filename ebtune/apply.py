@@ -32,5 +32,5 @@ def schedule_for_run(path: str | Path, loaded: LoadedModel, sampler: Sampler) ->
         schedule, step_notes = retarget_steps(
             schedule, sampler.steps, step_times(schedule.steps), sampler.times, file.eps_scale_rule()
         )
-        notes += [f"steps {file.sampler['steps']} -> {sampler.steps}", *step_notes]
+        notes += step_notes
     return schedule, notes

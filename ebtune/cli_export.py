@@ -1,7 +1,7 @@
 """`ebtune export` and `ebtune schedules list`: pick a point of a search's Pareto front and ship it.
 
 SOURCE is a search folder (holding `pareto.json`) or an MLflow run id: a trial's run exports that
-trial, a search's parent run stands for its folder (read from the run's `ebtune.folder` tag).
+trial, a search's parent run stands for its folder (the run's `folder` param).
 """
 from __future__ import annotations
 
@@ -43,37 +43,49 @@ def _tracking_uri(overrides: list[str]) -> str:
 
 
 def load_front(source: str, overrides: list[str]) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """(search folder, pareto.json contents, the points to choose from) for a folder or run id."""
+    """(search folder, pareto.json contents, the points to choose from) for a folder or run id.
+
+    A trial's run id yields that one trial (Pareto-optimal or not); a search's parent run its front.
+    """
     folder = Path(source)
-    only_trial = None
-    if not (folder / "pareto.json").is_file():
-        if folder.exists():
-            raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
-        folder, only_trial = _folder_of_run(source, _tracking_uri(overrides))
-    data = json.loads((folder / "pareto.json").read_text())
-    points = data.get("points", [])
-    if only_trial is not None:
-        points = [p for p in points + data.get("trials", []) if p.get("number") == only_trial][:1]
-        if not points:
-            raise ValueError(f"trial {only_trial} of run {source} has no schedule in {folder}; it may have failed")
+    if (folder / "pareto.json").is_file():
+        data = json.loads((folder / "pareto.json").read_text())
+        points = data.get("points", [])
+    elif folder.exists():
+        raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
+    else:
+        folder, data, points = _from_run(source, _tracking_uri(overrides))
     if not points:
         raise ValueError(f"the Pareto front in {folder} is empty; run more trials or relax the constraints")
     return folder, data, points
 
 
-def _folder_of_run(run_id: str, uri: str) -> tuple[Path, int | None]:
+def _from_run(run_id: str, uri: str) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from .search.recorder import trial_name
+    from .search.tracking import sqlite_store_path
+
+    store = sqlite_store_path(uri)
+    if store is not None and not store.is_file():
+        raise FileNotFoundError(f"{run_id!r} is not a search folder, and there is no MLflow store at {store}; "
+                                "pass a folder or set tracking.uri=")
+    client = MlflowClient(tracking_uri=uri)
     try:
-        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        run = client.get_run(run_id)
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"]) if "mlflow.parentRunId" in run.data.tags else run
     except MlflowException:
         raise FileNotFoundError(f"{run_id!r} is neither a search folder nor a run in {uri}; pass a folder or set tracking.uri=") from None
-    tags = run.data.tags
-    if "ebtune.folder" not in tags:
-        raise ValueError(f"run {run_id} was not written by `ebtune search` (no ebtune.folder tag)")
-    trial = tags.get("ebtune.trial")
-    return Path(tags["ebtune.folder"]), int(trial) if trial is not None else None
+    if "folder" not in parent.data.params:
+        raise ValueError(f"run {run_id} was not written by `ebtune search` (its search run has no folder param)")
+    folder = Path(parent.data.params["folder"])
+    data = json.loads((folder / "pareto.json").read_text()) if (folder / "pareto.json").is_file() else {}
+    if parent is run:
+        return folder, data, data.get("points", [])
+    number = int(run.data.tags["ebtune.trial"])
+    point = {"number": number, "metrics": dict(run.data.metrics), "schedule_file": f"schedules/{trial_name(number)}.json"}
+    return folder, data, [point]
 
 
 def choose(points: list[dict[str, Any]], objectives: list[str], max_fid: float | None, min_speedup: float | None) -> dict[str, Any]:
@@ -117,7 +129,8 @@ def run_export(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     folder, data, points = load_front(args.source, args.overrides)
     cols = ["fid", "speedup", "macs", "latency_s", "distance", "accuracy"]
-    print(f"Pareto front of {folder} ({data.get('model')}, {data.get('sampler')}, {data.get('steps')} steps, "
+    sampler = data.get("sampler", {})
+    print(f"Pareto front of {folder} ({data.get('model')}, {sampler.get('name') if isinstance(sampler, dict) else sampler}, {data.get('steps')} steps, "
           f"objectives {', '.join(data.get('objectives', []))})")
     print(f"{'trial':>6} " + " ".join(f"{c:>10}" for c in cols) + "  schedule_file")
     for p in sorted(points, key=lambda p: p["metrics"].get("speedup", 0)):

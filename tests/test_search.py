@@ -24,8 +24,6 @@ TINY = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", 
 @pytest.fixture
 def ebtune(monkeypatch, tmp_path):
     """`ebtune ...` in-process, run from tmp_path so outputs/ and the MLflow store stay there."""
-    if "cli_search" not in cli.COMMANDS:  # until the lead registers the sub-command
-        monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, "cli_search"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -208,6 +206,13 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     tagged = {int(c.data.tags["ebtune.trial"]) for c in children if c.data.tags["pareto_optimal"] == "true"}
     assert tagged == {p["number"] for p in pareto["points"]}
     assert "baseline.fora2.fid" in parents[0].data.metrics
+
+    # Export by MLflow run id: a trial's run gives that trial, the search's run its knee.
+    child = next(c for c in children if c.data.tags["ebtune.trial"] == "1")
+    assert ebtune("export", child.info.run_id, "--out", str(tmp_path / "t1.json")) == 0
+    assert load_schedule_file(tmp_path / "t1.json").schedule == load_schedule_file(run / "schedules/trial-0001.json").schedule
+    assert ebtune("export", pointer["parent_run_id"], "--knee", "--out", str(tmp_path / "k.json")) == 0
+    assert load_schedule_file(tmp_path / "k.json").provenance["exported"]["trial"] in tagged
 
     # Same name and folder: the study continues with two more trials, nothing is duplicated.
     assert ebtune("search", *TINY, "trials=5", f"out={run}", "--name", "tiny") == 0
