@@ -135,6 +135,9 @@ def _search(plan: dict[str, Any]) -> int:
     store = storage(folder)
     study = open_study(store, name, objectives, settings, cfg["search"], bool(constraints))
     interrupted = fail_interrupted(study)
+    if not study.trials:
+        for seed in space.seeds[: int(cfg["search"]["n_trials"])]:
+            study.enqueue_trial(seed, skip_if_exists=True)
     uri = cfg["tracking"]["uri"] or f"sqlite:///{(Path('outputs') / 'mlflow.db').absolute().as_posix()}"
     tracker = SearchTracker(uri, cfg["tracking"]["experiment"] or f"ebtune/{plan['spec'].name}")
     info = {"search": name, "model": plan["spec"].name, "steps": evaluator.sampler.steps, "sampler": cfg["sampler"]["name"],

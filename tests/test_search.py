@@ -50,6 +50,18 @@ def test_shipped_spaces_load_and_build_valid_schedules():
             schedule = space.to_schedule(params, ctx)
             assert schedule.steps == 50 and schedule.depth == 6
             assert space.eps_form(params)["name"] == space.eps_scale
+        assert space.seeds
+        for seed in space.seeds:  # seeds are full points here, so they build as they are
+            space.to_schedule(seed, ctx)
+
+
+def test_ebcache_seeds_include_fora3_with_the_papers_correction():
+    from ebtune.schedules import fora
+
+    ctx = ScheduleContext.linear(50, 6)
+    space = load_space("ebcache")
+    masks = [(s.attn, s.mlp) for s in (space.to_schedule(seed, ctx) for seed in space.seeds)]
+    assert (fora(ctx, 3).attn, fora(ctx, 3).mlp) in masks
 
 
 def test_ebcache_space_maps_onto_intervals_and_ebcache_scale():
@@ -77,6 +89,8 @@ def test_block_groups_space_gives_per_group_lists():
     ("schedule: intervals\nparams:\n  attn: {type: integer, low: 1, high: 3}\n", "has type 'integer'"),
     ("schedule: nope\nparams:\n  attn: {type: int, low: 1, high: 3}\n", "unknown schedule family"),
     ("schedule: intervals\nparams:\n  mode: {type: categorical, choices: []}\n", "non-empty list of choices"),
+    ("schedule: intervals\nparams:\n  attn: {type: int, low: 1, high: 3}\nseeds:\n  - {attn: 5}\n", "seed 0 sets attn=5 outside its range"),
+    ("schedule: intervals\nparams:\n  attn: {type: int, low: 1, high: 3}\nseeds:\n  - {mlp: 2}\n", "seed 0 sets 'mlp', which is not searched"),
 ])
 def test_invalid_space_files_exit_2_with_the_problem(ebtune, tmp_path, capsys, text, message):
     assert ebtune("search", "--dry-run", f"space={_space_file(tmp_path, text)}") == 2
@@ -218,6 +232,8 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert ebtune("search", *TINY, "trials=5", f"out={run}", "--name", "tiny") == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    seeds = load_space("intervals").seeds
+    assert [t.params for t in study.trials[:len(seeds)]] == [dict(s) for s in seeds]  # seeds go first
     assert "baselines: recorded in the study" in capsys.readouterr().out
     parents, children = _runs(pointer["uri"])
     assert len(parents) == 1 and len(children) == 5

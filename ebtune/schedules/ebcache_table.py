@@ -4,10 +4,12 @@ The design card (shared/design/ebcache.md §2) describes it: the first 22 steps 
 then compute/reuse alternating, with runs of up to 3 reuses near the end, the last step computed;
 34 full steps of 50 (≈1.47× ideal). Reuse steps reuse both branches: that is what makes 34 full
 steps worth 1.47×. The exact positions of the late runs are ours (the table itself is unlicensed).
-At other step counts each step takes the state of the 50-step table at the nearest normalised time.
+At other step counts the table is retargeted through normalised time (`ebtune.retarget`).
 """
 from __future__ import annotations
 
+from ..retarget import retarget_steps
+from ..samplers import step_times
 from ..schedule import Schedule
 from .context import ScheduleContext
 
@@ -15,11 +17,8 @@ FULL_STEPS_50 = frozenset(range(22)) | {22, 24, 26, 28, 30, 32, 34, 36, 38, 41, 
 
 
 def ebcache_table(ctx: ScheduleContext) -> Schedule:
-    source = [i in FULL_STEPS_50 for i in range(50)]
+    flags = [i in FULL_STEPS_50 for i in range(50)]
+    table = Schedule.from_step_masks(flags, flags, ctx.depth, name="ebcache-table")
     if ctx.steps == 50:
-        flags = source
-    else:
-        # Normalised time of step i in the 50-step table is 1 - i/49 (linear up to respacing rounding).
-        flags = [source[round((1.0 - t) * 49)] for t in ctx.times]
-        flags[0] = True
-    return Schedule.from_step_masks(flags, flags, ctx.depth, name="ebcache-table")
+        return table
+    return retarget_steps(table, ctx.steps, step_times(50), ctx.times)[0]

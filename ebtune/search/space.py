@@ -10,11 +10,18 @@ File layout (see `search_spaces/ebcache.yaml`)::
       mlp: {type: int, low: 1, high: 4, repeat: 4}     # a list: mlp_0..mlp_3 in the study
     fixed:                       # passed as given
       eps_scale.t_s: 0.4
+    seeds:                       # optional: points every new study evaluates first
+      - {attn: 2, eps_scale.b_h: 0.98}
 
 Names starting with `eps_scale.` go to the ε-scale form, the others to the schedule family. Loading
 checks every name against the family's and the form's signature, every range for emptiness, and
 builds the schedule at the space's low and high corners for the search's step count, so a space
 that cannot produce a valid schedule fails before any trial runs.
+
+Seeds are known-good points (e.g. FORA's masks with the paper's ε correction) that a new study is
+given before the sampler proposes anything, so a short search starts from the baselines' region
+instead of rediscovering it. A seed may leave parameters out (the sampler fills them in); each
+value it gives must lie in its parameter's range.
 """
 from __future__ import annotations
 
@@ -89,6 +96,7 @@ class SearchSpace:
     eps_scale: str
     params: tuple[Param, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    seeds: tuple[Mapping[str, Any], ...] = ()
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Ask an Optuna trial (or anything with its `suggest_*` methods) for one point: study name → value."""
@@ -151,7 +159,7 @@ class SearchSpace:
                 spec.update({k: v for k, v in (("step", p.step), ("log", p.log), ("repeat", p.repeat)) if v})
             params[p.name] = spec
         return {"name": self.name, "schedule": self.schedule, "eps_scale": self.eps_scale, "params": params,
-                "fixed": dict(self.fixed)}
+                "fixed": dict(self.fixed), "seeds": [dict(s) for s in self.seeds]}
 
 
 def _accepted(fn: Any, skip_first: bool) -> set[str]:
@@ -200,9 +208,9 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
     where = f"space {name!r}"
     if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict) or not doc["params"]:
         raise ConfigError(f"{where}: needs `schedule:`, `eps_scale:` and a non-empty `params:` mapping")
-    unknown_top = set(doc) - {"schedule", "eps_scale", "params", "fixed"}
+    unknown_top = set(doc) - {"schedule", "eps_scale", "params", "fixed", "seeds"}
     if unknown_top:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown_top))}; use schedule, eps_scale, params, fixed")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown_top))}; use schedule, eps_scale, params, fixed, seeds")
     family, form = doc.get("schedule"), doc.get("eps_scale", "none")
     if family not in SCHEDULES:
         raise ConfigError(f"{where}: unknown schedule family {family!r}; choose one of: {', '.join(SCHEDULES)}")
@@ -222,7 +230,23 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
     overlap = {p.name for p in params} & set(fixed)
     if overlap:
         raise ConfigError(f"{where}: {', '.join(sorted(overlap))} is both searched and fixed; keep one")
-    return SearchSpace(name, family, form, params, dict(fixed))
+    return SearchSpace(name, family, form, params, dict(fixed), _seeds(doc.get("seeds") or [], params, where))
+
+
+def _seeds(seeds: Any, params: tuple[Param, ...], where: str) -> tuple[dict[str, Any], ...]:
+    """Check each seed point: a mapping of study names to values inside their parameter's range."""
+    by_name = {n: p for p in params for n in p.study_names}
+    if not isinstance(seeds, list) or not all(isinstance(s, dict) for s in seeds):
+        raise ConfigError(f"{where}: `seeds:` must be a list of mappings of parameter: value")
+    for i, seed in enumerate(seeds):
+        for key, value in seed.items():
+            p = by_name.get(key)
+            if p is None:
+                raise ConfigError(f"{where}: seed {i} sets {key!r}, which is not searched; use one of: {', '.join(by_name)}")
+            inside = value in p.choices if p.type == "categorical" else p.low <= value <= p.high
+            if not inside:
+                raise ConfigError(f"{where}: seed {i} sets {key}={value!r} outside its range; change the seed or the range")
+    return tuple(dict(s) for s in seeds)
 
 
 def load_space(name_or_path: str) -> SearchSpace:
