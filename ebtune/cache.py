@@ -48,9 +48,6 @@ class CacheState:
     def reset(self) -> None:
         self._slots.clear()
 
-    def __len__(self) -> int:
-        return len(self._slots)
-
 
 class CachedModel:
     """Handle of an attached cache (a context manager); see the module docstring for the contract.

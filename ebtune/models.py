@@ -6,7 +6,7 @@ one registry: the official presets (`DiT-XL/2`, ...) plus the embedded `tiny`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +21,11 @@ EMBEDDED_WEIGHTS = Path(__file__).parent / "default" / "weights"
 
 
 def _tiny_config(image_size: int) -> DiTConfig:
+    from .default.data import IMAGE_SIZE
     from .default.train import TINY_CONFIG
 
+    if image_size != IMAGE_SIZE:
+        raise ValueError(f"dit-tiny generates {IMAGE_SIZE} px digits, not {image_size}; leave model.image_size at {IMAGE_SIZE}")
     return TINY_CONFIG
 
 
@@ -54,7 +57,6 @@ class ModelSpec:
     guidance_channels: int | None = 3
     fid: str = "inception"
     fid_reference: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
