@@ -1,4 +1,5 @@
-"""Loading DiT weights: the released state dicts, training checkpoints and safetensors files.
+"""Loading DiT weights: the released state dicts, training checkpoints, safetensors files, and
+diffusers `DiTTransformer2DModel` weights (converted to the official layout on load).
 
 Pickled files are read with `torch.load(weights_only=True)`; the one non-tensor type DiT's
 training checkpoints pickle, `argparse.Namespace` under "args", is allowed explicitly.
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .convert_diffusers import dit_state_from_diffusers, is_diffusers_dit
 from .dit import DIT_CONFIGS, PRESET_SIZES, DiTConfig
 
 
@@ -74,6 +76,8 @@ def describe_config(config: DiTConfig) -> str:
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Strictly copy `state` into `model`; any missing, unexpected or mis-shaped key is an error
     that names the configuration the checkpoint would fit."""
+    if is_diffusers_dit(state):
+        state = dit_state_from_diffusers(state, grid_size=int(round(model.config.num_patches**0.5)))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

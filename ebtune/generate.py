@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .dit import DiTConfig
 from .models import LoadedModel
 from .samplers import Sampler
 from .schedule import Schedule
@@ -17,7 +18,7 @@ def class_balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(n, dtype=torch.long) % num_classes
 
 
-def initial_noise(n: int, config, seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
+def initial_noise(n: int, config: DiTConfig, seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """(n, C, H, W) x_T drawn from `seed` on the CPU, so a seed means the same noise on any device."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, config.in_channels, config.input_size, config.input_size, generator=gen).to(device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ebtune.checkpoints import CheckpointError, infer_config, load_checkpoint, read_state_dict
+from ebtune.checkpoints import CheckpointError, infer_config, load_checkpoint, load_into, read_state_dict
 from ebtune.dit import DiT, DiTConfig, dit_config
 
 from .conftest import SMALL
@@ -87,3 +87,32 @@ def test_mis_shaped_tensors(tmp_path):
     torch.save(wider.state_dict(), tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match=r"41 mis-shaped keys .*\(288,\) vs \(192,\).*fits depth=3 hidden_size=48"):
         load_checkpoint(DiT(SMALL), tmp_path / "w.pt")
+
+
+def test_diffusers_dit_weights_load_and_match(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    theirs = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, num_embeds_ada_norm=5, norm_num_groups=1,
+    ).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.1)
+        # Released diffusers DiTs hold identical copies of the one official embedder in every block.
+        theirs.transformer_blocks[1].norm1.emb.load_state_dict(theirs.transformer_blocks[0].norm1.emb.state_dict())
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    ours = load_checkpoint(DiT(DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=16, depth=2, num_heads=2,
+                                         num_classes=5)), tmp_path / "diffusion_pytorch_model.safetensors").eval()
+    x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 5])
+    t = torch.zeros(2, dtype=torch.long)  # at t = 0 both timestep featurisations agree exactly
+    with torch.no_grad():
+        want = theirs(x, timestep=t, class_labels=y).sample
+        got = ours(x, t, y)
+    # What remains is the LayerNorm epsilon (1e-5 in diffusers' second norm, 1e-6 in DiT).
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        theirs.transformer_blocks[1].norm1.emb.class_embedder.embedding_table.weight.add_(1.0)
+    with pytest.raises(ValueError, match="block 1's copy of norm1.emb.class_embedder.embedding_table.weight differs"):
+        load_into(DiT(DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=16, depth=2, num_heads=2, num_classes=5)),
+                  theirs.state_dict())
