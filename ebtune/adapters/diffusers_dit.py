@@ -60,15 +60,22 @@ def basic_block_sites(blocks: Iterable[nn.Module]) -> list[dict[str, BranchSite]
     return sites
 
 
-class DiffusersDiTAdapter(Adapter):
-    """diffusers `DiTTransformer2DModel`: `transformer_blocks[i].attn1` and `.ff` (ada_norm_zero gates)."""
+class BasicBlockAdapter(Adapter):
+    """A diffusers model whose `transformer_blocks` are `BasicTransformerBlock`s; subclasses name the class."""
 
-    family = "diffusers-dit"
+    diffusers_name: str  # the diffusers model class this adapter matches
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        target = diffusers_class("DiTTransformer2DModel")
+        target = diffusers_class(cls.diffusers_name)
         return target is not None and isinstance(model, target)
 
     def branch_sites(self, model: nn.Module) -> list[dict[str, BranchSite]]:
         return basic_block_sites(model.transformer_blocks)
+
+
+class DiffusersDiTAdapter(BasicBlockAdapter):
+    """diffusers `DiTTransformer2DModel`: `transformer_blocks[i].attn1` and `.ff` (ada_norm_zero gates)."""
+
+    family = "diffusers-dit"
+    diffusers_name = "DiTTransformer2DModel"

@@ -13,21 +13,11 @@ schedule's "attn" means self-attention here. See `ebtune.adapters.diffusers_dit`
 """
 from __future__ import annotations
 
-from torch import nn
-
-from . import Adapter, BranchSite
-from .diffusers_dit import basic_block_sites, diffusers_class
+from .diffusers_dit import BasicBlockAdapter
 
 
-class PixArtAdapter(Adapter):
+class PixArtAdapter(BasicBlockAdapter):
     """diffusers `PixArtTransformer2DModel`: self-attention `attn1` and `ff` of each block."""
 
     family = "pixart"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        target = diffusers_class("PixArtTransformer2DModel")
-        return target is not None and isinstance(model, target)
-
-    def branch_sites(self, model: nn.Module) -> list[dict[str, BranchSite]]:
-        return basic_block_sites(model.transformer_blocks)
+    diffusers_name = "PixArtTransformer2DModel"
