@@ -12,7 +12,9 @@ Per (branch, block) the target gets N = round(R·K/S) reuses, R being the source
 the step counts, so the cached fraction moves by at most half a step whenever the target middle
 has room for N reuses. The reuses are placed where the source had them: target step j reuses
 when the source's cumulative reuse share up to the end of its cell, scaled to N, rounds above the
-reuses placed so far. Same steps and times give back the source exactly.
+reuses placed so far; a run longer than the source's longest run of that block is broken by a
+compute, since a searched reuse cap is part of what made the source good. Same steps and times
+give back the source exactly.
 
 Depth. Target block b covers source blocks [b·D/D', (b+1)·D/D') (fractional overlaps weigh in
 proportion); per step and branch it computes when the blocks it covers that compute weigh at
@@ -52,12 +54,14 @@ def _longest_run(column: Sequence[bool]) -> int:
     return best
 
 
-def _place_reuses(reused: Sequence[bool], cells: Sequence[tuple[float, float]], n: int) -> list[bool]:
+def _place_reuses(reused: Sequence[bool], cells: Sequence[tuple[float, float]], n: int, cap: int) -> list[bool]:
     """Target reuse flags for one (branch, block): n reuses following the source's reuse share.
 
     `reused[i]` is source middle step i (occupying [i, i+1)); `cells[j]` the source interval of
     target middle step j. A reuse is forced when the remaining steps are exactly the remaining
-    reuses, so all n are placed even where a cell holds more than one reuse's worth.
+    reuses, so all n are placed even where a cell holds more than one reuse's worth, except that no
+    run of reuses grows beyond `cap` (the source's longest): a reuse the cap defers is placed at the
+    next step that allows it.
     """
     total = sum(reused)
     prefix = np.concatenate([[0.0], np.cumsum(reused, dtype=np.float64)])
@@ -67,11 +71,12 @@ def _place_reuses(reused: Sequence[bool], cells: Sequence[tuple[float, float]], 
         i = min(int(u), len(reused) - 1)
         return float(prefix[i] + (u - i) * reused[i])
 
-    out, placed = [], 0
+    out, placed, run = [], 0, 0
     for j, (_, hi) in enumerate(cells):
         goal = n * cumulative(hi) / total if total else 0.0
-        reuse = placed < n and (_round(goal) > placed or n - placed >= len(cells) - j)
+        reuse = placed < n and run < cap and (_round(goal) > placed or n - placed >= len(cells) - j)
         placed += reuse
+        run = run + 1 if reuse else 0
         out.append(reuse)
     return out
 
@@ -144,7 +149,8 @@ def retarget_steps(
         middle = []  # per block, the target middle's reuse flags
         for b in range(depth):
             reused = [not source[i][b] for i in range(lo_src, hi_src)]
-            middle.append(_place_reuses(reused, cells, min(_round(sum(reused) * K / S), len(cells))))
+            n = min(_round(sum(reused) * K / S), len(cells))
+            middle.append(_place_reuses(reused, cells, n, cap=_longest_run([source[i][b] for i in range(S)])))
         rows = tuple(
             tuple(not (W2 <= i < K - C2 and middle[b][i - W2]) for b in range(depth)) for i in range(K)
         )

@@ -6,7 +6,7 @@ import pytest
 
 from ebtune.eps_scale import EBCacheScale
 from ebtune.retarget import retarget_depth, retarget_steps
-from ebtune.samplers import make_sampler
+from ebtune.samplers import make_sampler, step_times
 from ebtune.schedule import Schedule
 
 T = {k: make_sampler("ddim", k).times for k in (10, 25, 50, 100)}
@@ -135,3 +135,20 @@ def test_retarget_depth_reports_mixed_groups_and_ties_compute():
     assert retarget_depth(tie, 1)[0] == Schedule([(True,), (True,)], [(True,), (True,)])
     with pytest.raises(ValueError, match="depth must be at least 1"):
         retarget_depth(source, 0)
+
+
+@pytest.mark.parametrize("source", CASES, ids=lambda s: s.name)
+@pytest.mark.parametrize("steps", [10, 25, 37])
+def test_retargeting_never_lengthens_reuse_runs(source, steps):
+    target, _ = retarget_steps(source, steps, T[50], step_times(steps))
+
+    def longest(schedule, branch, b):
+        best = run = 0
+        for row in schedule.mask(branch):
+            run = 0 if row[b] else run + 1
+            best = max(best, run)
+        return best
+
+    for branch in ("attn", "mlp"):
+        for b in range(source.depth):
+            assert longest(target, branch, b) <= longest(source, branch, b)
