@@ -54,7 +54,10 @@ class VAEDecoder(Decoder):
             raise FileNotFoundError(
                 f"VAE folder not found: {path}; save diffusers' AutoencoderKL (e.g. sd-vae-ft-ema) there or set model.vae=DIR"
             )
-        from diffusers.models import AutoencoderKL
+        try:
+            from diffusers.models import AutoencoderKL
+        except ImportError:
+            raise FileNotFoundError("decoding latents with the SD VAE needs diffusers; pip install 'ebtune[diffusers]'") from None
 
         self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True).to(device).eval()
 
