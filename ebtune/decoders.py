@@ -57,7 +57,7 @@ class VAEDecoder(Decoder):
         try:
             from diffusers.models import AutoencoderKL
         except ImportError:
-            raise FileNotFoundError("decoding latents with the SD VAE needs diffusers; pip install 'ebtune[diffusers]'") from None
+            raise ModuleNotFoundError("decoding latents with the SD VAE needs diffusers; pip install 'ebtune[diffusers]'") from None
 
         self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True).to(device).eval()
 
