@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 # Sub-command modules, in the order `ebtune --help` lists them.
-COMMANDS = ["cli_search", "cli_sample", "cli_export", "cli_ui", "cli_train_default", "cli_fid_weights"]
+COMMANDS = ["cli_search", "cli_confirm", "cli_sample", "cli_export", "cli_ui", "cli_train_default", "cli_fid_weights"]
 
 
 class UsageError(ValueError):
