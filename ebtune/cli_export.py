@@ -35,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _tracking_uri(overrides: list[str]) -> str:
+    from .search.tracking import default_uri
+
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "tracking.uri":
             return value
-    return f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
+    return default_uri()
 
 
 def load_front(source: str, overrides: list[str]) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:

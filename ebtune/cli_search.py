@@ -114,7 +114,7 @@ def _search(plan: dict[str, Any]) -> int:
     from .search.pareto import dominates
     from .search.recorder import Recorder, git_commit
     from .search.study import done_trials, fail_interrupted, open_study, storage
-    from .search.tracking import SearchTracker
+    from .search.tracking import SearchTracker, default_uri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recorder prints one line per trial instead
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store creation and migration notices
@@ -138,7 +138,7 @@ def _search(plan: dict[str, Any]) -> int:
     if not study.trials:
         for seed in space.seeds[: int(cfg["search"]["n_trials"])]:
             study.enqueue_trial(seed, skip_if_exists=True)
-    uri = cfg["tracking"]["uri"] or f"sqlite:///{(Path('outputs') / 'mlflow.db').absolute().as_posix()}"
+    uri = cfg["tracking"]["uri"] or default_uri()
     tracker = SearchTracker(uri, cfg["tracking"]["experiment"] or f"ebtune/{plan['spec'].name}")
     info = {"search": name, "model": plan["spec"].name, "steps": evaluator.sampler.steps, "sampler": cfg["sampler"]["name"],
             "cfg_scale": evaluator.sampler.guidance.scale, "space": space.name, "objectives": ",".join(objectives),

@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-DEFAULT_STORE = Path("outputs") / "mlflow.db"
 # MLflow's defaults start ~13 processes (~2.5 GB, ~22 s); one worker without the job runner starts in ~5 s.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 READY_TIMEOUT_S = 120.0
@@ -45,7 +44,7 @@ def store_from(overrides: list[str], cwd: Path) -> tuple[str, Path]:
         ValueError: an override other than ``tracking.uri=``, or a store that is not sqlite.
         FileNotFoundError: the database file does not exist.
     """
-    from .search.tracking import sqlite_store_path
+    from .search.tracking import default_uri, sqlite_store_path
 
     uri = None
     for token in overrides:
@@ -53,7 +52,7 @@ def store_from(overrides: list[str], cwd: Path) -> tuple[str, Path]:
         if key != "tracking.uri" or not sep or not value:
             raise ValueError(f"unknown override {token!r}; `ebtune ui` takes only tracking.uri=URI")
         uri = value
-    db = sqlite_store_path(uri) if uri else (cwd / DEFAULT_STORE).absolute()
+    db = sqlite_store_path(uri or default_uri(cwd))
     if db is None:
         raise ValueError(f"tracking.uri={uri} is not a sqlite store; a tracking server serves its own UI, open it in a browser")
     if not db.is_file():

@@ -15,10 +15,9 @@ from typing import Any, Callable
 from ..build import resolve_device
 from ..config import compose
 from ..schedule_file import load_schedule_file
+from .baselines import NO_CACHE
 from .objective import Evaluator, Reference
 from .pareto import dominates
-
-NO_CACHE = "nocache"
 
 
 def search_settings(folder: Path) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 
 from .plots import pareto_figure_html, pareto_figure_png  # noqa: E402
 
+# The one store all searches share, under the directory ebtune runs in (as MLflow users expect).
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
 SEARCH_TAG = "ebtune.search_name"
 TRIAL_TAG = "ebtune.trial"
 PARENT_TAG = "mlflow.parentRunId"
@@ -41,6 +43,11 @@ ERROR_TAG = "error"
 TRIAL_STATUS = {"RUNNING": "RUNNING", "COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 # MLflow rejects tag values over 8000 characters; a traceback's tail is the useful part.
 _MAX_ERROR_CHARS = 7000
+
+
+def default_uri(cwd: Path | None = None) -> str:
+    """``sqlite:///<cwd>/outputs/mlflow.db`` as an absolute URI (cwd defaults to the current directory)."""
+    return f"sqlite:///{((cwd or Path.cwd()) / DEFAULT_STORE).absolute().as_posix()}"
 
 
 def sqlite_store_path(uri: str) -> Path | None:
