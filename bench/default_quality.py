@@ -16,15 +16,15 @@ import time
 import numpy as np
 import torch
 
-from ebtune.build import model_spec, sampler_from
-from ebtune.config import compose
-from ebtune.decoders import quantize, to_uint8
-from ebtune.default import data
+from ebtune.cli.config import compose
+from ebtune.core.uint8 import quantize, to_uint8
 from ebtune.default import classifier as clf
-from ebtune.generate import class_balanced_labels, generate
-from ebtune.images import save_grid
+from ebtune.default import data
+from ebtune.io.grids import save_grid
 from ebtune.metrics.fid import classifier_accuracy, make_fid
-from ebtune.models import load_model
+from ebtune.run.factory import model_spec, sampler_from
+from ebtune.run.generate import class_balanced_labels, generate
+from ebtune.run.loading import load_model
 from ebtune.schedules import ScheduleContext, fora
 
 

@@ -8,23 +8,14 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from ebtune.adapters import Adapter  # noqa: E402
-from ebtune.adapters.diffusers_dit import DiffusersDiTAdapter  # noqa: E402
-from ebtune.adapters.pixart import PixArtAdapter  # noqa: E402
-from ebtune.cache import cached  # noqa: E402
-from ebtune.pipeline import step_counter  # noqa: E402
-from ebtune.schedule import Schedule, no_cache  # noqa: E402
+from ebtune.cache.adapters import Adapter  # noqa: E402
+from ebtune.cache.adapters.diffusers_dit import DiffusersDiTAdapter  # noqa: E402
+from ebtune.cache.adapters.pixart import PixArtAdapter  # noqa: E402
+from ebtune.cache.engine import cached  # noqa: E402
+from ebtune.cache.step_counter import step_counter  # noqa: E402
+from ebtune.core.schedule import Schedule, no_cache  # noqa: E402
 
 STEPS, DEPTH = 4, 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~100x slower when intra-op threads contend for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass

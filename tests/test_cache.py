@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ebtune import cached, make_sampler, no_cache
-from ebtune.adapters import Adapter
-from ebtune.dit import DiT, DiTConfig
-from ebtune.samplers import Guidance
-from ebtune.schedule import Schedule
+from ebtune.cache.adapters import Adapter
+from ebtune.core.dit import DiT, DiTConfig
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import Guidance
 from ebtune.schedules import ScheduleContext, fora
 
 from .conftest import SMALL, randomised

@@ -7,8 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ebtune.checkpoints import CheckpointError, infer_config, load_checkpoint, load_into, read_state_dict
-from ebtune.dit import DiT, DiTConfig, dit_config
+from ebtune.core.dit import DiT, DiTConfig, dit_config
+from ebtune.io.checkpoints import (
+    CheckpointError,
+    infer_config,
+    load_checkpoint,
+    load_into,
+    read_state_dict,
+)
 
 from .conftest import SMALL
 

@@ -6,13 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ebtune.decoders import quantize
+from ebtune.core.uint8 import quantize
 from ebtune.default import classifier, data
-
-
-@pytest.fixture(autouse=True)
-def _torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import pytest
 
 from ebtune.cli import main
 
-TINY = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", "launcher=local", "trials=2"]
+from .conftest import TINY_SEARCH
+
+TINY = [*TINY_SEARCH, "launcher=local", "trials=2"]
 
 
 @pytest.fixture
 def search_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert main(["search", *TINY, f"out={tmp_path / 'run'}", "--name", "c"]) == 0
     return tmp_path / "run"
 

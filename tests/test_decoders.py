@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebtune.decoders import VAE_SCALE, make_decoder, to_uint8
+from ebtune.io.decoders import VAE_SCALE, make_decoder, to_uint8
 
 
 def test_uint8_conversion_is_dits():

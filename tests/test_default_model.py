@@ -6,12 +6,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from ebtune.build import model_spec, sampler_from
-from ebtune.config import compose
+from ebtune.cli.config import compose
 from ebtune.default.train import TINY_CONFIG, TrainConfig, train_dit
-from ebtune.generate import class_balanced_labels, generate
 from ebtune.metrics.fid import classifier_accuracy
-from ebtune.models import load_model
+from ebtune.run.factory import model_spec, sampler_from
+from ebtune.run.generate import class_balanced_labels, generate
+from ebtune.run.loading import load_model
 
 
 def _tiny(overrides=()):

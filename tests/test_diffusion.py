@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ebtune import make_sampler
-from ebtune.diffusion import GaussianDiffusion, linear_betas, space_timesteps
-from ebtune.eps_scale import EBCacheScale, make_eps_scale
-from ebtune.samplers import Guidance
-from ebtune.schedule import no_cache
+from ebtune.core.diffusion import GaussianDiffusion, linear_betas, space_timesteps
+from ebtune.core.eps_scale import EBCacheScale, make_eps_scale
+from ebtune.core.schedule import no_cache
+from ebtune.sampling.samplers import Guidance
 
 from .conftest import SMALL
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ebtune.cli import main
-from ebtune.schedule_file import load_schedule_file, save_schedule_file
+from ebtune.io.schedule_file import load_schedule_file, save_schedule_file
 from ebtune.schedules import ScheduleContext, fora, intervals
 
 DEPTH = 6  # dit-tiny

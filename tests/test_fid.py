@@ -7,8 +7,8 @@ import scipy.linalg
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ebtune.decoders import to_uint8
 from ebtune.default import classifier, data
+from ebtune.io.decoders import to_uint8
 from ebtune.metrics import (
     DigitsFID,
     FIDEvaluator,
@@ -19,12 +19,6 @@ from ebtune.metrics import (
     register_digits_extractor,
 )
 from ebtune.metrics.fid import DigitsFeatureExtractor
-
-
-@pytest.fixture(autouse=True)
-def _torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ebtune.importers import import_fora, import_smoothcache
+from ebtune.io.importers import import_fora, import_smoothcache
 
 
 def flags(schedule, branch):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 
-from ebtune import cli_fid_weights
+from ebtune.cli import fid_weights as cli_fid_weights
 from ebtune.metrics import InceptionFID, inception
 from ebtune.metrics.inception import (
     ConvBN,
@@ -32,13 +32,7 @@ from ebtune.metrics.inception import (
     torch_fidelity_layout,
 )
 
-
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
-
-
-@pytest.fixture(autouse=True)
-def _torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
 class ConvLayer(nn.Module):

@@ -6,10 +6,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ebtune import make_sampler
-from ebtune.dit import dit_config
-from ebtune.macs import forward_macs, ideal_speedup, sampling_macs
-from ebtune.samplers import Guidance
-from ebtune.schedule import Schedule, no_cache
+from ebtune.core.dit import dit_config
+from ebtune.core.macs import forward_macs, ideal_speedup, sampling_macs
+from ebtune.core.schedule import Schedule, no_cache
+from ebtune.sampling.samplers import Guidance
 from ebtune.schedules import ScheduleContext, fora
 
 from .conftest import SMALL

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ebtune
-from ebtune.pipeline import step_counter
+from ebtune.cache.step_counter import step_counter
 from ebtune.schedules import ScheduleContext, fora
 
 diffusers = pytest.importorskip("diffusers")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ebtune import make_sampler
-from ebtune.adapters import ADAPTERS, DiTAdapter
-from ebtune.dit import DiT
-from ebtune.eps_scale import EPS_SCALES
-from ebtune.samplers import SAMPLER_STEPS, Guidance
+from ebtune.cache.adapters import ADAPTERS, DiTAdapter
+from ebtune.core.dit import DiT
+from ebtune.core.eps_scale import EPS_SCALES
+from ebtune.sampling.samplers import SAMPLER_STEPS, Guidance
 from ebtune.schedules import SCHEDULES, CalibrationProbe, ScheduleContext, make_schedule
 
 from .conftest import SMALL, randomised
@@ -55,5 +55,5 @@ def test_every_sampler_is_exact_under_an_all_compute_cache(small_dit, name):
 
 def test_every_adapter_has_a_contract_case():
     covered = {case.adapter for case in ADAPTER_CASES} | {DiTAdapter}  # DiTAdapter: tests/test_cache.py
-    assert covered == set(ADAPTERS)
-    assert all(isinstance(getattr(a, "family", None), str) for a in ADAPTERS)
+    assert covered == {ADAPTERS[name] for name in ADAPTERS}
+    assert all(isinstance(getattr(ADAPTERS[name], "family", None), str) and ADAPTERS[name].family == name for name in ADAPTERS)

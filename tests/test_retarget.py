@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from ebtune.eps_scale import EBCacheScale
-from ebtune.retarget import retarget_depth, retarget_steps
-from ebtune.samplers import make_sampler, step_times
-from ebtune.schedule import Schedule
+from ebtune.core.eps_scale import EBCacheScale
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import make_sampler, step_times
+from ebtune.schedules.retarget import retarget_depth, retarget_steps
 
 T = {k: make_sampler("ddim", k).times for k in (10, 25, 50, 100)}
 

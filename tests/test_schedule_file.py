@@ -6,10 +6,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ebtune.eps_scale import EBCacheScale
-from ebtune.schedule import Schedule
-from ebtune.schedule_file import (
-    FORMAT_VERSION, ScheduleFile, ScheduleFileError, check_model, load_schedule_file, save_schedule_file,
+from ebtune.core.eps_scale import EBCacheScale
+from ebtune.core.schedule import Schedule
+from ebtune.io.schedule_file import (
+    FORMAT_VERSION,
+    ScheduleFile,
+    ScheduleFileError,
+    check_model,
+    load_schedule_file,
+    save_schedule_file,
 )
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "schedule.v1.schema.json").read_text())

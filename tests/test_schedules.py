@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ebtune import make_sampler
-from ebtune.samplers import Guidance
-from ebtune.schedule import Schedule
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import Guidance
 from ebtune.schedules import CalibrationProbe, ScheduleContext, make_schedule
 
 from .conftest import SMALL

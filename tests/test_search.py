@@ -11,23 +11,21 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-import ebtune.cli as cli
-from ebtune.config import ConfigError
-from ebtune.schedule_file import load_schedule_file
+from ebtune.errors import ConfigError
+from ebtune.io.schedule_file import load_schedule_file
 from ebtune.schedules import ScheduleContext
-from ebtune.search.pareto import Constraint, dominates, feasible_front, knee, non_dominated
+from ebtune.search.pareto import (
+    Constraint,
+    dominates,
+    feasible_front,
+    knee,
+    non_dominated,
+)
 from ebtune.search.space import load_space, parse_space, space_names
 
-TINY = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", "launcher=local"]
+from .conftest import TINY_SEARCH
 
-
-@pytest.fixture
-def ebtune(monkeypatch, tmp_path):
-    """`ebtune ...` in-process, run from tmp_path so outputs/ and the MLflow store stay there."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return lambda *argv: cli.main(list(argv))
+TINY = [*TINY_SEARCH, "launcher=local"]
 
 
 def _space_file(tmp_path: Path, text: str) -> str:

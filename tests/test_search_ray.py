@@ -16,23 +16,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-import ebtune.cli as cli
+from .conftest import TINY_SEARCH
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", "launcher=ray", "trials=2"]
+TINY = [*TINY_SEARCH, "launcher=ray", "trials=2"]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-@pytest.fixture
-def ebtune(monkeypatch, tmp_path):
-    if "cli_search" not in cli.COMMANDS:  # until the lead registers the sub-command
-        monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, "cli_search"])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return lambda *argv: cli.main(list(argv))
 
 
 def _results(run: Path) -> list[dict]:

@@ -21,7 +21,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from ebtune import cli_ui  # noqa: E402
+from ebtune.cli import ui as cli_ui  # noqa: E402
 from ebtune.search.tracking import SearchTracker  # noqa: E402
 
 EXPERIMENT = "ebtune/dit-tiny"

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..decoders import quantize
-from . import data
+from ebtune.core.uint8 import quantize
+from ebtune.default import data
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CLASSIFIER_FILE = "classifier.safetensors"

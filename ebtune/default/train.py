@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from ..diffusion import GaussianDiffusion, linear_betas
-from ..dit import DiT, DiTConfig
-from . import data
+from ebtune.core.diffusion import GaussianDiffusion, linear_betas
+from ebtune.core.dit import DiT, DiTConfig
+from ebtune.default import data
 
 TINY_CONFIG = DiTConfig(
     input_size=8, patch_size=2, in_channels=4, hidden_size=96, depth=6, num_heads=4,

@@ -1,7 +1,7 @@
 """Sample-quality metrics: FID through torch-fidelity and the digits classifier's accuracy."""
 from __future__ import annotations
 
-from .fid import (
+from ebtune.metrics.fid import (
     FID_EVALUATORS,
     DigitsFID,
     FIDEvaluator,
@@ -11,7 +11,11 @@ from .fid import (
     make_fid,
     register_digits_extractor,
 )
-from .inception import inception_weights_path, install_inception_weights, require_inception_weights
+from ebtune.metrics.inception import (
+    inception_weights_path,
+    install_inception_weights,
+    require_inception_weights,
+)
 
 __all__ = [
     "FID_EVALUATORS",

@@ -14,19 +14,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.helpers import vassert
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ..default import classifier, data
-from .inception import require_inception_weights
+from ebtune.default import classifier, data
+from ebtune.metrics.inception import require_inception_weights
+from ebtune.registry import Registry
 
 DIGITS_EXTRACTOR = "ebtune-digits"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -243,14 +247,14 @@ class InceptionFID(_TorchFidelityFID):
         return "inception"
 
 
-FID_EVALUATORS: dict[str, Callable[..., FIDEvaluator]] = {"digits": DigitsFID, "inception": InceptionFID}
+FID_EVALUATORS: Registry[FIDEvaluator] = Registry("fid evaluator")
+FID_EVALUATORS.register("digits", DigitsFID)
+FID_EVALUATORS.register("inception", InceptionFID)
 
 
 def make_fid(name: str, **kw) -> FIDEvaluator:
     """The evaluator registered as `name`, built with keyword arguments `kw`."""
-    if name not in FID_EVALUATORS:
-        raise ValueError(f"unknown fid evaluator {name!r}; choose one of: {', '.join(FID_EVALUATORS)}")
-    return FID_EVALUATORS[name](**kw)
+    return FID_EVALUATORS.make(name, **kw)
 
 
 @torch.no_grad()

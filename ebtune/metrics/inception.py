@@ -87,7 +87,13 @@ def torch_fidelity_layout() -> dict[str, torch.Size]:
     allocated. A divergence fails loudly: torch-fidelity loads the result with strict keys.
     """
     from torch_fidelity.feature_extractor_inceptionv3 import (
-        BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE_1, InceptionE_2,
+        BasicConv2d,
+        InceptionA,
+        InceptionB,
+        InceptionC,
+        InceptionD,
+        InceptionE_1,
+        InceptionE_2,
     )
 
     with torch.device("meta"):

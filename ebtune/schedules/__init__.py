@@ -1,42 +1,38 @@
 """Schedule families: name → function(ctx, **params) → Schedule.
 
-A new family is one module with one function, plus one line in `SCHEDULES`.
+A new family is one module with one function `(ctx, **params) -> Schedule`, plus one
+`SCHEDULES.register` line here.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from ..schedule import Schedule, no_cache
-from .block_groups import block_groups, group_bounds
-from .calibrated import CalibrationProbe, ebcache_calibrated
-from .context import ScheduleContext, interval_pattern
-from .ebcache_table import ebcache_table
-from .fora import fora
-from .intervals import intervals
+from ebtune.core.schedule import Schedule, no_cache
+from ebtune.registry import Registry
+from ebtune.schedules.block_groups import block_groups, group_bounds
+from ebtune.schedules.calibrated import CalibrationProbe, ebcache_calibrated
+from ebtune.schedules.context import ScheduleContext, interval_pattern
+from ebtune.schedules.ebcache_table import ebcache_table
+from ebtune.schedules.fora import fora
+from ebtune.schedules.intervals import intervals
 
 
 def _none(ctx: ScheduleContext) -> Schedule:
     return no_cache(ctx.steps, ctx.depth)
 
 
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "none": _none,
-    "fora": fora,
-    "intervals": intervals,
-    "ebcache-table": ebcache_table,
-    "ebcache-calibrated": ebcache_calibrated,
-    "block-groups": block_groups,
-}
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+SCHEDULES.register("none", _none)
+SCHEDULES.register("fora", fora)
+SCHEDULES.register("intervals", intervals)
+SCHEDULES.register("ebcache-table", ebcache_table)
+SCHEDULES.register("ebcache-calibrated", ebcache_calibrated)
+SCHEDULES.register("block-groups", block_groups)
 
 
 def make_schedule(name: str, ctx: ScheduleContext, **params: Any) -> Schedule:
-    """Build family `name`; unknown names and parameters are one-line errors."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    try:
-        return SCHEDULES[name](ctx, **params)
-    except TypeError as e:
-        raise ValueError(f"schedule={name}: {e}; check the parameter names") from None
+    """Build family `name` in `ctx`; unknown names and parameters are one-line errors."""
+    return SCHEDULES.make(name, ctx, **params)
 
 
 __all__ = [

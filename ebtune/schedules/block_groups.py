@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..schedule import Schedule
-from .context import ScheduleContext, interval_pattern
+from ebtune.core.schedule import Schedule
+from ebtune.schedules.context import ScheduleContext, interval_pattern
 
 
 def group_bounds(depth: int, groups: int) -> list[tuple[int, int]]:
@@ -16,8 +16,8 @@ def group_bounds(depth: int, groups: int) -> list[tuple[int, int]]:
 
 def block_groups(
     ctx: ScheduleContext,
-    attn: Sequence[int] = (1, 1, 1, 1),
-    mlp: Sequence[int] = (1, 1, 1, 1),
+    attn: Sequence[int] = (1, 2, 2, 3),
+    mlp: Sequence[int] = (2, 2, 3, 3),
     warmup: int = 0,
     cooldown: int = 0,
     max_reuse: int | None = None,

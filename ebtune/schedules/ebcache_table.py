@@ -8,10 +8,10 @@ At other step counts the table is retargeted through normalised time (`ebtune.re
 """
 from __future__ import annotations
 
-from ..retarget import retarget_steps
-from ..samplers import step_times
-from ..schedule import Schedule
-from .context import ScheduleContext
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import step_times
+from ebtune.schedules.context import ScheduleContext
+from ebtune.schedules.retarget import retarget_steps
 
 FULL_STEPS_50 = frozenset(range(22)) | {22, 24, 26, 28, 30, 32, 34, 36, 38, 41, 45, 49}
 

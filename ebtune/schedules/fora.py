@@ -1,8 +1,8 @@
 """FORA (Selvaraju et al. 2024): recompute every branch every N steps, reuse in between."""
 from __future__ import annotations
 
-from ..schedule import Schedule
-from .context import ScheduleContext, interval_pattern
+from ebtune.core.schedule import Schedule
+from ebtune.schedules.context import ScheduleContext, interval_pattern
 
 
 def fora(ctx: ScheduleContext, interval: int = 2) -> Schedule:

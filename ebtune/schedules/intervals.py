@@ -5,14 +5,14 @@ the MLP late, so each branch gets its own interval in the early (t ≥ boundary)
 """
 from __future__ import annotations
 
-from ..schedule import Schedule
-from .context import ScheduleContext, interval_pattern
+from ebtune.core.schedule import Schedule
+from ebtune.schedules.context import ScheduleContext, interval_pattern
 
 
 def intervals(
     ctx: ScheduleContext,
-    attn: int = 1,
-    mlp: int = 1,
+    attn: int = 2,
+    mlp: int = 2,
     attn_late: int | None = None,
     mlp_late: int | None = None,
     boundary: float = 0.4,

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..eps_scale import make_eps_scale
-from ..samplers import Sampler
-from ..schedule import Schedule
-from ..schedules import ScheduleContext, make_schedule
-from .objective import Evaluator, Outcome, Reference
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import Sampler
+from ebtune.schedules import ScheduleContext
+from ebtune.schedules.spec import ScheduleSpec
+from ebtune.search.evaluator import Evaluator, Outcome, Reference
 
 NO_CACHE = "nocache"
 # (name, schedule family, family params, ε-scale form) of the cached baselines at the search's steps.
@@ -38,9 +38,7 @@ class Baseline:
     steps: int = 0
 
     def schedule(self, ctx: ScheduleContext) -> Schedule:
-        form = {k: v for k, v in self.eps_scale.items() if k != "name"}
-        factors = make_eps_scale(self.eps_scale["name"], **form).factors(ctx.times)
-        return make_schedule(self.family, ctx, **self.params).with_eps_scale(factors)
+        return ScheduleSpec.of(self.family, self.params, self.eps_scale).build(ctx)
 
 
 def baseline_names(evaluator: Evaluator) -> list[str]:

@@ -12,19 +12,19 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..build import resolve_device
-from ..config import compose
-from ..schedule_file import load_schedule_file
-from .baselines import NO_CACHE
-from .objective import Evaluator, Reference
-from .pareto import dominates
+from ebtune.errors import ConfigError
+from ebtune.io.schedule_file import load_schedule_file
+from ebtune.run.factory import resolve_device
+from ebtune.search.baselines import NO_CACHE
+from ebtune.search.evaluator import Evaluator, Reference
+from ebtune.search.pareto import dominates
 
 
 def search_settings(folder: Path) -> dict[str, Any]:
     """The settings the folder's study was started with (model, sampler, steps, metric, ...)."""
     import optuna
 
-    from .study import DB_NAME
+    from ebtune.search.study import DB_NAME
 
     if not (folder / DB_NAME).is_file():
         raise FileNotFoundError(f"no {DB_NAME} in {folder}; pass a folder written by `ebtune search`")
@@ -33,33 +33,35 @@ def search_settings(folder: Path) -> dict[str, Any]:
     return optuna.load_study(study_name=summary.study_name, storage=url).user_attrs["search"]
 
 
-def evaluator_for(settings: dict[str, Any], n_samples: int) -> Evaluator:
+def search_overrides(settings: dict[str, Any], n_samples: int) -> list[str]:
+    """`key=value` overrides that reproduce a search's evaluation settings with `n_samples` images."""
     sampler = settings["sampler"]
     overrides = [f"model={settings['model']}", f"sampler={sampler['name']}", f"steps={settings['steps']}",
-                 f"cfg_scale={settings['cfg_scale']}", f"seed={settings['seed']}", f"metric.n_samples={n_samples}"]
+                 f"cfg_scale={settings['cfg_scale']}", f"seed={settings['seed']}", f"metric.n_samples={n_samples}",
+                 f"device={'cpu' if settings['device'] == 'cpu' else 'auto'}"]
     overrides += [f"sampler.{k}={v}" for k, v in sampler.items() if k != "name"]
     overrides += [f"metric.{k}={v}" for k, v in settings["metric"].items() if k != "n_samples"]
     if settings.get("ckpt"):
         overrides.append(f"model.ckpt={settings['ckpt']}")
-    cfg = compose(overrides, config_name="search")
-    return Evaluator(cfg, resolve_device("cpu" if settings["device"] == "cpu" else "auto"))
+    return overrides
 
 
-def confirm(folder: str | Path, n_samples: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Re-score the front and the baselines of `folder` with `n_samples` images; writes
-    `confirmed.json` there and returns its contents.
+def confirm(folder: str | Path, cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-score the front and the baselines of `folder` under the resolved search config `cfg` (its
+    `metric.n_samples` images; see `search_overrides`); writes `confirmed.json` there and returns it.
 
     Raises:
         FileNotFoundError: not a search folder.
         ValueError: n_samples < 1.
     """
     folder = Path(folder)
+    n_samples = int(cfg["metric"]["n_samples"])
     if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        raise ConfigError(f"n must be at least 1, got {n_samples}")
     if not (folder / "pareto.json").is_file():
         raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
     front = json.loads((folder / "pareto.json").read_text())
-    evaluator = evaluator_for(search_settings(folder), n_samples)
+    evaluator = Evaluator(cfg, resolve_device(cfg["device"]))
     entries = sorted(front["baselines"], key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
     entries += [{"name": f"trial-{p['number']:04d}", **p} for p in front["points"]]
     rows, reference = [], None

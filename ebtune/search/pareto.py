@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..config import ConfigError
+from ebtune.errors import ConfigError
 
 Metrics = Mapping[str, float]
 

@@ -17,16 +17,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .. import __version__
-from ..images import save_grid
-from ..samplers import Sampler
-from ..schedule import Schedule
-from ..schedule_file import save_schedule_file
-from .baselines import Baseline
-from .objective import Evaluator, Outcome
-from .pareto import Constraint, feasible_front
-from .space import SearchSpace
-from .study import add_run_id, done_trials, run_ids
+from ebtune import __version__
+from ebtune.core.schedule import Schedule
+from ebtune.io.grids import save_grid
+from ebtune.io.schedule_file import save_schedule_file
+from ebtune.sampling.samplers import Sampler
+from ebtune.search.baselines import Baseline
+from ebtune.search.evaluator import Evaluator, Outcome
+from ebtune.search.pareto import Constraint, feasible_front
+from ebtune.search.space import SearchSpace
+from ebtune.search.study import add_run_id, done_trials, run_ids
 
 
 def git_commit() -> str | None:

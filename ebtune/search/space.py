@@ -3,7 +3,7 @@
 File layout (see `search_spaces/ebcache.yaml`)::
 
     schedule: intervals          # a family of `ebtune.schedules.SCHEDULES`
-    eps_scale: ebcache           # a form of `ebtune.eps_scale.EPS_SCALES`
+    eps_scale: ebcache           # a form of `ebtune.core.eps_scale.EPS_SCALES`
     params:                      # searched, typed parameters
       attn: {type: int, low: 1, high: 3}
       eps_scale.b_h: {type: float, low: 0.94, high: 1.04}
@@ -33,13 +33,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import CONF_DIR, ConfigError
-from ..eps_scale import EPS_SCALES, make_eps_scale
-from ..schedule import Schedule
-from ..schedules import SCHEDULES, ScheduleContext, make_schedule
+from ebtune.core.eps_scale import EPS_SCALES
+from ebtune.core.schedule import Schedule
+from ebtune.errors import ConfigError
+from ebtune.schedules import SCHEDULES, ScheduleContext
+from ebtune.schedules.spec import ScheduleSpec
 
-# Next to conf/ so that both live in the repository checkout and in an installed package.
-SPACES_DIR = CONF_DIR.resolve().parent / "search_spaces"
+# A link inside the package to the repository's search_spaces/, so it ships with an installed package.
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 EPS_PREFIX = "eps_scale."
 _TYPES = ("int", "float", "categorical")
 _KEYS = {"type", "low", "high", "step", "log", "choices", "repeat"}
@@ -118,15 +119,18 @@ class SearchSpace:
         """The parametric ε-scale form of a point, as a schedule file stores it: {"name": ..., **kwargs}."""
         return {"name": self.eps_scale, **self.split(params)[1]}
 
+    def spec(self, params: Mapping[str, Any]) -> ScheduleSpec:
+        """The schedule spec (family, its parameters, ε form) of one point."""
+        sched, eps = self.split(params)
+        return ScheduleSpec.of(self.schedule, sched, {"name": self.eps_scale, **eps})
+
     def to_schedule(self, params: Mapping[str, Any], ctx: ScheduleContext) -> Schedule:
         """The schedule of one point: the family's masks with ε factors of the form at `ctx.times`.
 
         Raises:
             ValueError: the point does not give a valid schedule (e.g. warm-up + cool-down > steps).
         """
-        sched, eps = self.split(params)
-        factors = make_eps_scale(self.eps_scale, **eps).factors(ctx.times)
-        return make_schedule(self.schedule, ctx, **sched).with_eps_scale(factors)
+        return self.spec(params).build(ctx)
 
     def corners(self) -> list[dict[str, Any]]:
         """The all-low and the all-high points."""

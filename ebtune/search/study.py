@@ -16,8 +16,9 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import ConfigError
-from .pareto import direction
+from ebtune.errors import ConfigError
+from ebtune.registry import Registry
+from ebtune.search.pareto import direction
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 DB_NAME = "study.db"
@@ -34,24 +35,38 @@ def constraint_values(trial: FrozenTrial) -> Sequence[float]:
     return trial.user_attrs.get("constraints", ())
 
 
+def _tpe(search: Mapping[str, Any], seed: int, cons: dict) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=int(search["startup_trials"]), **cons)
+
+
+def _nsga2(search: Mapping[str, Any], seed: int, cons: dict) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(search["population_size"]), **cons)
+
+
+def _gp(search: Mapping[str, Any], seed: int, cons: dict) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=int(search["startup_trials"]), **cons)
+
+
+def _random(search: Mapping[str, Any], seed: int, cons: dict) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+# Optuna samplers by `search.sampler` name; each takes (search config, seed, constraint kwargs).
+SAMPLERS: Registry[optuna.samplers.BaseSampler] = Registry("search.sampler")
+SAMPLERS.register("tpe", _tpe)  # multivariate TPE
+SAMPLERS.register("nsga2", _nsga2)
+SAMPLERS.register("gp", _gp)
+SAMPLERS.register("random", _random)
+
+
 def make_sampler(search: Mapping[str, Any], seed: int, constrained: bool) -> optuna.samplers.BaseSampler:
-    """The configured sampler: `tpe` (multivariate), `nsga2`, `gp` or `random`, seeded with `seed`.
+    """The configured sampler (`SAMPLERS`), seeded with `seed`.
 
     Raises:
         ConfigError: unknown sampler name.
     """
-    name = search["sampler"]
     cons = {"constraints_func": constraint_values} if constrained else {}
-    startup = int(search["startup_trials"])
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup, **cons)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(search["population_size"]), **cons)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"unknown search.sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS.make(search["sampler"], search, seed, cons)
 
 
 def open_study(store: optuna.storages.BaseStorage, name: str, objectives: Sequence[str], settings: Mapping[str, Any],

@@ -30,7 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 
-from .plots import pareto_figure_html, pareto_figure_png  # noqa: E402
+from ebtune.search.plots import pareto_figure_html, pareto_figure_png  # noqa: E402
 
 # The one store all searches share, under the directory ebtune runs in (as MLflow users expect).
 DEFAULT_STORE = Path("outputs") / "mlflow.db"

@@ -1,0 +1,1 @@
+"""Speed measurements that need torch only (`python -m ebtune.bench`)."""

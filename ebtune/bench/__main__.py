@@ -1,0 +1,5 @@
+import sys
+
+from ebtune.bench.latency import main
+
+sys.exit(main())

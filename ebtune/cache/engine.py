@@ -1,0 +1,155 @@
+"""The cache engine: wraps a model's residual branches so a `Schedule` decides compute or reuse.
+
+Attaching replaces, per block, the attention and MLP branch callables named by the model's adapter
+with a wrapper. At a compute slot the wrapper calls the original and stores its (ungated) output;
+at a reuse slot it returns the stored tensor without running the branch, and the block applies the
+current step's gate to it. The sampler owns the lifecycle: `reset()` before a sampling loop and
+`set_step(i)` before step i. `close()` (or leaving the `with`) restores the model exactly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ebtune.cache.adapters import Adapter, BranchSite, adapter_for
+from ebtune.core.schedule import BRANCHES, Schedule
+
+_MARK = "_ebtune_cache"
+
+
+class CacheState:
+    """Cached ungated branch outputs keyed by (block, branch); one owner, reset per sampling loop."""
+
+    def __init__(self) -> None:
+        self._slots: dict[tuple[int, str], torch.Tensor] = {}
+
+    def put(self, key: tuple[int, str], value: torch.Tensor) -> None:
+        self._slots[key] = value
+
+    def get(self, key: tuple[int, str]) -> torch.Tensor:
+        try:
+            return self._slots[key]
+        except KeyError:
+            raise RuntimeError(
+                f"block {key[0]} {key[1]} is scheduled for reuse but nothing is cached; call reset() "
+                "only before a sampling loop and start the loop at step 0"
+            ) from None
+
+    def copy(self) -> dict[tuple[int, str], torch.Tensor]:
+        """A shallow copy (tensors are replaced, never written in place, so this is enough)."""
+        return dict(self._slots)
+
+    def replace(self, slots: dict[tuple[int, str], torch.Tensor]) -> None:
+        self._slots = dict(slots)
+
+    def reset(self) -> None:
+        self._slots.clear()
+
+
+class CachedModel:
+    """Handle of an attached cache (a context manager); see the module docstring for the contract.
+
+    Args:
+        model: the network; left untouched apart from the wrapped branch callables.
+        schedule: decides every (step, block, branch); its depth must equal the adapter's block count.
+        adapter: how to find the branches; picked from the model's type when omitted.
+
+    Raises:
+        ValueError: the schedule's depth does not match, or the adapter finds no blocks.
+        RuntimeError: a cache is already attached to this model.
+    """
+
+    def __init__(self, model: nn.Module, schedule: Schedule, adapter: Adapter | None = None):
+        if getattr(model, _MARK, None) is not None:
+            raise RuntimeError("a cache is already attached to this model; close it before attaching another")
+        adapter = adapter or adapter_for(model)
+        sites = adapter.branch_sites(model)
+        if not sites:
+            raise ValueError(f"{type(adapter).__name__} found no blocks in {type(model).__name__}; nothing to cache")
+        if len(sites) != schedule.depth:
+            raise ValueError(
+                f"schedule has {schedule.depth} blocks but the model has {len(sites)}; "
+                "build or retarget the schedule for this model's depth"
+            )
+        self.model = model
+        self.schedule = schedule
+        self.state = CacheState()
+        self.step = 0
+        self._restore: list[Callable[[], None]] = []
+        self._override: dict[str, bool] | None = None  # one (attn, mlp) state for every block this step
+        # Python bools per (branch, step, block): decided before the loop, no tensor logic in forwards.
+        self._compute = {branch: schedule.mask(branch) for branch in BRANCHES}
+        try:
+            for block, branch_sites in enumerate(sites):
+                for branch in BRANCHES:
+                    self._wrap(block, branch, branch_sites[branch])
+        except BaseException:
+            self.close()
+            raise
+        setattr(model, _MARK, self)
+
+    def _wrap(self, block: int, branch: str, site: BranchSite) -> None:
+        owner, attr = site
+        had_own = attr in vars(owner)
+        previous = vars(owner).get(attr)
+        original = getattr(owner, attr)
+        state, key = self.state, (block, branch)
+
+        def cached_branch(*args, **kwargs):
+            override = self._override
+            if (override[branch] if override is not None else self._compute[branch][self.step][block]):
+                out = original(*args, **kwargs)
+                state.put(key, out)
+                return out
+            return state.get(key)
+
+        # Instance attribute shadows the class method; restoring removes it (or puts back the old one).
+        object.__setattr__(owner, attr, cached_branch)
+        self._restore.append(lambda: object.__setattr__(owner, attr, previous) if had_own else object.__delattr__(owner, attr))
+
+    def reset(self) -> None:
+        """Forget all cached tensors and go back to step 0 (the sampler calls this per loop)."""
+        self.state.reset()
+        self.step = 0
+
+    def set_step(self, step: int, state: tuple[bool, bool] | None = None) -> None:
+        """Go to `step`. `state` = (compute attention, compute MLP) overrides the schedule for every
+        block at this step (a step policy's choice, e.g. calibration); None follows the schedule."""
+        if not 0 <= step < self.schedule.steps:
+            raise IndexError(f"step {step} is outside the schedule's {self.schedule.steps} steps")
+        self.step = step
+        self._override = None if state is None else {"attn": bool(state[0]), "mlp": bool(state[1])}
+
+    @contextmanager
+    def what_if(self, state: tuple[bool, bool]) -> Iterator[None]:
+        """Within the block, every block computes (True) or reuses (False) each branch as `state`
+        says, and on exit the cached tensors and the step's state are as before: evaluating a
+        candidate without committing it."""
+        slots, override = self.state.copy(), self._override
+        self._override = {"attn": bool(state[0]), "mlp": bool(state[1])}
+        try:
+            yield
+        finally:
+            self.state.replace(slots)
+            self._override = override
+
+    def close(self) -> None:
+        while self._restore:
+            self._restore.pop()()
+        if vars(self.model).get(_MARK) is self:
+            delattr(self.model, _MARK)
+        self.state.reset()
+
+    def __enter__(self) -> "CachedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cached(model: nn.Module, schedule: Schedule, adapter: Adapter | None = None) -> CachedModel:
+    """`with ebtune.cached(model, schedule) as cache:` — attach for the block, restore on exit."""
+    return CachedModel(model, schedule, adapter)

@@ -1,0 +1,5 @@
+import sys
+
+from ebtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""`ebtune search`: the Pareto front of cache schedules on quality versus speed.
+
+Flow: compose `conf/search.yaml` with the overrides → load and check the space for the step count
+→ open (or resume) the Optuna study in the search folder and the MLflow parent run → evaluate the
+baselines → run the missing trials with the configured launcher → write the front.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = (
+    "Search cache schedules (Optuna; trials local or on Ray Tune; tracked in MLflow) and write the Pareto front. "
+    "Overrides: model=, steps=, sampler=ddpm|ddim, cfg_scale=, trials=N, space=ebcache|intervals|block-groups "
+    "(or a .yaml path), launcher=local|ray, ray.address=auto (joins a running cluster; implies launcher=ray), "
+    "ray.cpus_per_trial=, ray.gpus_per_trial=, ray.max_concurrent=, threads=, metric.n_samples=, metric.batch_size=, "
+    "search.sampler=tpe|nsga2|gp|random, search.objectives=[fid,macs], search.constraints=['fid <= nocache + 0.5'], "
+    "tracking.uri=, name=NAME (the Optuna study and MLflow parent run; the same name and folder resume), "
+    "out=DIR (default outputs/search/<name>/), device=, seed=."
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search cache schedules for the quality/speed Pareto front", description=DESCRIPTION)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the search space, then exit")
+    p.add_argument("--name", help=argparse.SUPPRESS)  # deprecated spelling of name=
+    p.set_defaults(run=run)
+
+
+def _objectives(value: Any, device_type: str, fid: str) -> list[str]:
+    from ebtune.cli.config import ConfigError
+    from ebtune.search.pareto import direction
+
+    if value == "auto":
+        return ["fid", "latency_s" if device_type == "cuda" else "macs"]
+    names = [value] if isinstance(value, str) else list(value)
+    for name in names:
+        direction(name)
+    if "accuracy" in names and fid != "digits":
+        raise ConfigError("objective 'accuracy' needs the digits classifier (model=dit-tiny); drop it for this model")
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"search.objectives={names}; give at least two different metrics, e.g. [fid,macs]")
+    return names
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
+    from ebtune.cli.config import ConfigError, compose, with_aliases
+    from ebtune.run.factory import model_spec, resolve_device, sampler_from
+    from ebtune.schedules import ScheduleContext
+    from ebtune.search.evaluator import latency_batch
+    from ebtune.search.pareto import Constraint
+    from ebtune.search.space import load_space
+
+    overrides = with_aliases(args.overrides, {"--name": ("name", args.name)})
+    if any(o.startswith("ray.") for o in overrides) and not any(o.startswith("launcher=") for o in overrides):
+        overrides.append("launcher=ray")
+    cfg = compose(overrides, config_name="search")
+    space = load_space(str(cfg["space"]))
+    spec = model_spec(cfg["model"])
+    sampler = sampler_from(cfg, spec)
+    space.check(ScheduleContext(sampler.steps, spec.config.depth, sampler.times))
+    device = resolve_device(cfg["device"])
+    if int(cfg["trials"]) < 1 or int(cfg["search"]["n_trials"]) < 1:
+        raise ConfigError(f"trials must be at least 1, got {cfg['search']['n_trials']}")
+    metric = cfg["metric"]
+    try:
+        latency_batch(int(metric["n_samples"]), int(metric["batch_size"]), int(metric["latency_warmup"]))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if int(metric["n_samples"]) < 2:
+        raise ConfigError("metric.n_samples must be at least 2 (FID needs a covariance)")
+    name = cfg["name"] or (Path(cfg["out"]).name if cfg["out"] else
+                         f"{spec.name}-{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if not name or any(c in name for c in "/\\'\""):
+        raise ConfigError(f"search name {name!r} must be non-empty without slashes or quotes; pass name=NAME")
+    return {
+        "cfg": cfg, "space": space, "spec": spec, "sampler": sampler, "device": device, "name": name,
+        "folder": Path(cfg["out"] or Path("outputs") / "search" / name).absolute(),
+        "objectives": _objectives(cfg["search"]["objectives"], device.type, spec.fid),
+        "constraints": [Constraint.parse(c) for c in cfg["search"]["constraints"]],
+    }
+
+
+def _dry_run(plan: dict[str, Any]) -> int:
+    import yaml
+
+    resolved = {"search_name": plan["name"], "folder": str(plan["folder"]), "objectives": plan["objectives"],
+                "device": str(plan["device"])}
+    print(yaml.safe_dump({"config": plan["cfg"], "resolved": resolved}, sort_keys=False).rstrip())
+    print(yaml.safe_dump({"space": plan["space"].describe()}, sort_keys=False).rstrip())
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    if args.dry_run:
+        return _dry_run(plan)
+    return _search(plan)
+
+
+def _search(plan: dict[str, Any]) -> int:
+    import optuna
+    import torch
+
+    from ebtune import __version__
+    from ebtune.cli.config import ConfigError
+    from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
+    from ebtune.search.baselines import plan as baseline_plan
+    from ebtune.search.evaluator import Evaluator, Reference
+    from ebtune.search.job import Job
+    from ebtune.search.launchers import LAUNCHERS
+    from ebtune.search.pareto import dominates
+    from ebtune.search.recorder import Recorder, git_commit
+    from ebtune.search.study import done_trials, fail_interrupted, open_study, storage
+    from ebtune.search.tracking import SearchTracker, default_uri
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recorder prints one line per trial instead
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store creation and migration notices
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a resumed parent run downloads its baselines
+    cfg, space, name, folder, objectives = plan["cfg"], plan["space"], plan["name"], plan["folder"], plan["objectives"]
+    constraints, device = plan["constraints"], plan["device"]
+    if device.type == "cpu":
+        torch.set_num_threads(int(cfg["threads"]))
+    evaluator = Evaluator(cfg, device)
+    names = baseline_names(evaluator)
+    unknown = sorted({c.baseline for c in constraints if c.baseline} - set(names))
+    if unknown:
+        raise ConfigError(f"constraint names baseline(s) {', '.join(unknown)}; baselines are: {', '.join(names)}")
+    settings = {"model": plan["spec"].name, "ckpt": plan["spec"].ckpt, "sampler": cfg["sampler"],
+                "steps": evaluator.sampler.steps, "cfg_scale": evaluator.sampler.guidance.scale, "seed": cfg["seed"],
+                "space": space.describe(), "objectives": objectives, "constraints": [str(c) for c in constraints],
+                "metric": cfg["metric"], "device": device.type}
+    store = storage(folder)
+    study = open_study(store, name, objectives, settings, cfg["search"], bool(constraints))
+    interrupted = fail_interrupted(study)
+    if not study.trials:
+        for seed in space.seeds[: int(cfg["search"]["n_trials"])]:
+            study.enqueue_trial(seed, skip_if_exists=True)
+    uri = cfg["tracking"]["uri"] or default_uri()
+    tracker = SearchTracker(uri, cfg["tracking"]["experiment"] or f"ebtune/{plan['spec'].name}")
+    info = {"search": name, "model": plan["spec"].name, "steps": evaluator.sampler.steps, "sampler": cfg["sampler"]["name"],
+            "cfg_scale": evaluator.sampler.guidance.scale, "space": space.name, "objectives": ",".join(objectives),
+            "launcher": cfg["launcher"]["name"], "device": evaluator.provenance()["latency"]["device"],
+            "n_samples": evaluator.n_samples, "ebtune_version": __version__, "git_commit": git_commit() or "unknown",
+            "folder": str(folder)}
+    tracker.start(name, cfg, space.describe(), info)
+    tracker.write_pointer(str(folder))
+    total = int(cfg["search"]["n_trials"])
+    recorder = Recorder(folder, study, space, evaluator, tracker, objectives, constraints, total)
+    done = len(done_trials(study))
+    print(f"search {name}: space {space.name} ({space.schedule} + eps {space.eps_scale}), {total} trials "
+          f"({done} done), objectives {', '.join(objectives)}, {evaluator.n_samples} images per evaluation on {device}")
+    print(f"search folder: {folder} (rerun with name={name} out={folder} to resume)")
+    for number in interrupted:
+        recorder.trial_finished(number, study.trials[number].params, None, "interrupted: the session running it ended")
+    status = "FAILED"
+    try:
+        if [b["name"] for b in recorder.baselines] == names:
+            print("baselines: recorded in the study; re-running no cache for the distance reference")
+            base = baseline_plan(evaluator)[0]
+            outcome = evaluator.evaluate(base.schedule(evaluator.ctx), None)
+            reference = Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+        else:
+            reference = evaluate_baselines(evaluator, recorder.baseline)[1]
+        remaining = total - len(done_trials(study))
+        launcher = LAUNCHERS.make(cfg["launcher"]["name"], cfg, folder)
+        if remaining > 0:
+            launcher.run(Job(study, store, space, cfg, reference, objectives, recorder, evaluator), remaining)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        front = recorder.finish(status)
+        _summary(front, recorder.baselines, objectives, dominates)
+        print(f"search folder: {folder}")
+        print(f"MLflow: {tracker.uri} (experiment {tracker.experiment}, parent run {tracker.parent_run_id}); "
+              f"browse with `ebtune ui`")
+    return 0
+
+
+def _summary(front: list[dict], baselines: list[dict], objectives: list[str], dominates: Any) -> None:
+    """The front, sorted by the first objective, and which front points beat each baseline."""
+    print(f"Pareto front ({len(front)} point(s)) over {', '.join(objectives)}:")
+    for point in sorted(front, key=lambda p: p["metrics"][objectives[0]]):
+        m = point["metrics"]
+        print(f"  {point['name']}: " + "  ".join(f"{k} {m[k]:.4g}" for k in objectives)
+              + f"  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s  -> {point['schedule_file']}")
+    for base in baselines:
+        beaters = [p["name"] for p in front if dominates(p["metrics"], base["metrics"], objectives)]
+        print(f"  baseline {base['name']}: " + (f"dominated by {', '.join(beaters)}" if beaters else "not dominated"))

@@ -1,0 +1,61 @@
+"""Exact multiply-accumulate counts of DiT forwards and of whole sampling runs under a schedule.
+
+Counted: every matmul and convolution (patch embedding, timestep MLP, per-block adaLN, qkv,
+attention scores and values, projections, MLP, final layer). Not counted: norms, activations,
+adds, the label lookup (not multiply-accumulates). The DiT paper's "Gflops" are these MACs:
+DiT-XL/2 at 256 px is 118.6 G per forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ebtune.core.dit import DiTConfig
+from ebtune.core.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ForwardMacs:
+    """MACs of one forward for one sample; per-block terms apply to every block."""
+
+    embed: int  # patch embedding + timestep MLP
+    adaln: int  # per block, always computed
+    attn: int  # per block: qkv, QKᵀ, AV, proj
+    mlp: int  # per block: fc1, fc2
+    final: int  # final adaLN + linear
+    depth: int
+
+    @property
+    def total(self) -> int:
+        return self.embed + self.final + self.depth * (self.adaln + self.attn + self.mlp)
+
+
+def forward_macs(config: DiTConfig, frequency_embedding_size: int = 256) -> ForwardMacs:
+    D, T, p = config.hidden_size, config.num_patches, config.patch_size
+    hidden_mlp = int(D * config.mlp_ratio)
+    embed = T * config.in_channels * p * p * D + frequency_embedding_size * D + D * D
+    attn = T * D * 3 * D + 2 * T * T * D + T * D * D
+    mlp = 2 * T * D * hidden_mlp
+    final = D * 2 * D + T * D * p * p * config.out_channels
+    return ForwardMacs(embed=embed, adaln=D * 6 * D, attn=attn, mlp=mlp, final=final, depth=config.depth)
+
+
+def sampling_macs(config: DiTConfig, schedule: Schedule, batch: int = 1, cfg: bool = False) -> int:
+    """MACs of a whole sampling run: every step's forward, skipping reused branches.
+
+    Args:
+        batch: images generated; cfg: True when guidance doubles the model batch.
+    """
+    if schedule.depth != config.depth:
+        raise ValueError(f"schedule has {schedule.depth} blocks but the model has {config.depth}")
+    f = forward_macs(config)
+    per_step_fixed = f.embed + f.final + f.depth * f.adaln
+    computed_attn = sum(map(sum, schedule.attn))
+    computed_mlp = sum(map(sum, schedule.mlp))
+    per_image = schedule.steps * per_step_fixed + computed_attn * f.attn + computed_mlp * f.mlp
+    return per_image * batch * (2 if cfg else 1)
+
+
+def ideal_speedup(config: DiTConfig, schedule: Schedule) -> float:
+    """MACs without cache over MACs with `schedule`, same steps (what a perfect runtime would gain)."""
+    f = forward_macs(config)
+    return schedule.steps * f.total / sampling_macs(config, schedule)

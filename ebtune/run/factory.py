@@ -1,0 +1,81 @@
+"""From a plain (already composed) config dict to core objects. No Hydra here: values in, values out."""
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from ebtune.core.schedule import Schedule
+from ebtune.errors import ConfigError
+from ebtune.run.loading import LoadedModel, ModelSpec
+from ebtune.sampling.samplers import Guidance, Sampler, make_sampler
+from ebtune.schedules import SCHEDULES, CalibrationProbe, ScheduleContext
+from ebtune.schedules.spec import ScheduleSpec
+
+
+@contextmanager
+def config_key(key: str) -> Iterator[None]:
+    """Within the block, a `ValueError` from building objects out of config values is bad input:
+    re-raised as a one-line `ConfigError` naming `key`."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def model_spec(cfg: Mapping[str, Any]) -> ModelSpec:
+    with config_key("model"):
+        return ModelSpec(**{k: v for k, v in cfg.items()})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible; use device=cpu")
+    with config_key("device"):
+        return torch.device(name)
+
+
+def sampler_from(cfg: Mapping[str, Any], spec: ModelSpec, steps: int | None = None) -> Sampler:
+    """The configured sampler at `steps` (default cfg["steps"]) with the model's guidance."""
+    params = {k: v for k, v in cfg["sampler"].items() if k != "name"}
+    with config_key("cfg_scale"):
+        scale = spec.cfg_scale if cfg.get("cfg_scale") is None else float(cfg["cfg_scale"])
+    with config_key("steps"):
+        steps = int(steps or cfg["steps"])
+    guidance = Guidance(scale=scale, null_label=spec.config.num_classes, channels=spec.guidance_channels)
+    with config_key("sampler"):
+        return make_sampler(cfg["sampler"]["name"], steps, guidance, **params)
+
+
+def schedule_spec(cfg: Mapping[str, Any]) -> ScheduleSpec:
+    """The `schedule=` and `eps_scale=` groups of a config as one spec."""
+    params = {k: v for k, v in cfg["schedule"].items() if k != "name"}
+    return ScheduleSpec.of(cfg["schedule"]["name"], params, cfg["eps_scale"])
+
+
+def schedule_from(cfg: Mapping[str, Any], sampler: Sampler, loaded: LoadedModel, seed: int = 0) -> Schedule:
+    """Build the configured schedule for this sampler and model (`schedule=`, `eps_scale=`).
+
+    A calibrated family runs on `n` samples of the model (its `n` parameter, default 8) from seed
+    `seed + 10000`, so calibration noise never coincides with the run's own.
+    """
+    spec = schedule_spec(cfg)
+    ctx = ScheduleContext(sampler.steps, loaded.config.depth, sampler.times)
+    probe = None
+    if "probe" in inspect.signature(SCHEDULES.get(spec.family)).parameters:
+        from ebtune.run.generate import class_balanced_labels, initial_noise
+
+        params = dict(spec.params)
+        n = int(params.pop("n", 8))
+        spec = ScheduleSpec.of(spec.family, params, spec.eps_form)
+        device = next(loaded.model.parameters()).device
+        labels = class_balanced_labels(n, loaded.config.num_classes).to(device)
+        probe = CalibrationProbe(loaded.model, sampler, initial_noise(n, loaded.config, seed + 10_000, device), labels, seed)
+    with config_key("schedule"):
+        return spec.build(ctx, probe)

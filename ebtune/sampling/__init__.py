@@ -1,0 +1,1 @@
+"""The one sampling loop (noise, timesteps, guidance, cache lifecycle, ε scaling) and its steps."""

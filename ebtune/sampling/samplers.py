@@ -1,0 +1,213 @@
+"""One sampling loop for every sampler; a sampler only supplies its `update` step.
+
+The loop owns the noise generator, the respaced timesteps, classifier-free guidance (DiT's doubled
+batch with the null label, guidance on the first `channels` ε channels), the cache lifecycle and the
+single ε-scale hook, which rescales the guided ε before the sampler step. Sampling step i runs chain
+index K−1−i, so step 0 is the noisiest.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ebtune.cache.engine import CachedModel
+from ebtune.core.diffusion import GaussianDiffusion
+from ebtune.core.schedule import Schedule
+from ebtune.registry import Registry
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: ε = ε_u + scale·(ε_c − ε_u) on the first `channels` channels.
+
+    DiT guides only 3 of its 4 latent channels; `channels=None` guides all. scale ≤ 1 disables
+    guidance (no doubled batch), as in DiT's sample.py.
+    """
+
+    scale: float = 1.0
+    null_label: int = 1000
+    channels: int | None = 3
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 1.0
+
+
+class SamplerStep(ABC):
+    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels."""
+
+    name: str  # the registry name, recorded with every result
+
+    @abstractmethod
+    def update(
+        self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One reverse step at chain index k (k = 0 is the last)."""
+
+
+class AncestralStep(SamplerStep):
+    """DiT's `p_sample`: posterior mean from x̂₀ plus learned-range variance noise (none at k = 0)."""
+
+    name = "ddpm"
+
+    def update(self, diffusion, k, x, eps, var_values, generator):
+        t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        mean, _, log_var = diffusion.p_mean_variance(x, t, eps, var_values)
+        if k == 0:
+            return mean
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + torch.exp(0.5 * log_var) * noise
+
+
+@dataclass(frozen=True)
+class DDIMStep(SamplerStep):
+    """DDIM (Song et al. 2021, Eq. 12): deterministic at eta = 0; ε is used as predicted (no clipping)."""
+
+    eta: float = 0.0
+    name = "ddim"
+
+    def __post_init__(self) -> None:
+        if self.eta < 0:
+            raise ValueError(f"ddim eta must be >= 0, got {self.eta}")
+
+    def update(self, diffusion, k, x, eps, var_values, generator):
+        ab, ab_prev = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
+        x0 = diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
+        sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
+        mean = x0 * math.sqrt(ab_prev) + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if k == 0 or sigma == 0:
+            return mean
+        return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class StepPolicy(ABC):
+    """Chooses a step's cache state while the loop runs, for rules that must see the model at work
+    (EB-Cache calibration). Static schedules need none: they are decided before the loop."""
+
+    @abstractmethod
+    def decide(self, i: int, trial: Callable[[tuple[bool, bool]], torch.Tensor]) -> tuple[bool, bool] | None:
+        """(compute attention, compute MLP) for every block at step i, or None to follow the schedule.
+
+        `trial(state)` returns the guided ε (unscaled) at step i under `state`, evaluated without
+        changing the cache, so a policy can compare candidates before the loop commits one.
+        """
+
+
+def step_times(steps: int) -> tuple[float, ...]:
+    """Normalised time of each of K sampling steps: 1 at step 0 (pure noise) down to 0."""
+    return tuple(float(v) for v in GaussianDiffusion.respaced(steps).normalised_time()[::-1])
+
+
+SAMPLER_STEPS: Registry[SamplerStep] = Registry("sampler")
+SAMPLER_STEPS.register("ddpm", AncestralStep)
+SAMPLER_STEPS.register("ddim", DDIMStep)
+
+
+class Sampler:
+    """K-step sampler over DiT's respaced linear-beta chain.
+
+    Args:
+        steps: number of sampling steps K.
+        step: the update rule (`AncestralStep` or `DDIMStep`).
+        guidance: classifier-free guidance settings.
+    """
+
+    def __init__(self, steps: int, step: SamplerStep, guidance: Guidance = Guidance()):
+        self.diffusion = GaussianDiffusion.respaced(steps)
+        self.steps = steps
+        self.step = step
+        self.guidance = guidance
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        return step_times(self.steps)
+
+    def model_timestep(self, i: int) -> int:
+        return self.diffusion.timestep_map[self.steps - 1 - i]
+
+    def model_output(self, model: nn.Module, x: torch.Tensor, i: int, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided ε and the variance channels at sampling step i: (N, C, H, W) each."""
+        C = x.shape[1]
+        t = torch.full((x.shape[0],), self.model_timestep(i), device=x.device, dtype=torch.long)
+        if not self.guidance.active:
+            out = model(x, t, labels)
+            return out[:, :C], out[:, C:]
+        null = torch.full_like(labels, self.guidance.null_label)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2N, C_out, H, W)
+        cond, uncond = out.chunk(2)
+        g = C if self.guidance.channels is None else min(self.guidance.channels, C)
+        guided = uncond[:, :g] + self.guidance.scale * (cond[:, :g] - uncond[:, :g])
+        eps = torch.cat([guided, cond[:, g:C]], dim=1)
+        return eps, cond[:, C:]
+
+    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        schedule: Schedule | CachedModel | None = None,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int], None] | None = None,
+        policy: StepPolicy | None = None,
+    ) -> torch.Tensor:
+        """Run the K steps from `noise` (N, C, H, W) for `labels` (N,); returns the final x₀ sample.
+
+        Args:
+            schedule: a `Schedule` attaches a cache for this call only (removed at its end); an
+                attached `CachedModel` is used as it is (reset at the start, left attached), so an
+                evaluation attaches once for all its batches. ε is scaled by the schedule's
+                `eps_scale[i]` at step i.
+            policy: decides each step's cache state while the loop runs (see `StepPolicy`).
+        """
+        if isinstance(schedule, CachedModel):
+            cache, owned = schedule, False
+        else:
+            cache, owned = (CachedModel(model, schedule) if schedule is not None else None), True
+        if cache is not None and cache.schedule.steps != self.steps:
+            if owned:
+                cache.close()
+            raise ValueError(f"schedule has {cache.schedule.steps} steps but the sampler runs {self.steps}; retarget it first")
+        if policy is not None and cache is None:
+            raise ValueError("a step policy chooses cache states, so it needs a schedule (e.g. no_cache(steps, depth))")
+        try:
+            if cache is not None:
+                cache.reset()
+            x = noise
+            for i in range(self.steps):
+                if cache is not None:
+                    cache.set_step(i)
+                if policy is not None:
+                    def trial(state: tuple[bool, bool], x: torch.Tensor = x, i: int = i) -> torch.Tensor:
+                        with cache.what_if(state):
+                            return self.model_output(model, x, i, labels)[0]
+
+                    cache.set_step(i, policy.decide(i, trial))
+                eps, var_values = self.model_output(model, x, i, labels)
+                scale = 1.0 if cache is None else cache.schedule.eps_scale[i]
+                if scale != 1.0:
+                    eps = eps * scale
+                x = self.update(i, x, eps, var_values, generator)
+                if on_step is not None:
+                    on_step(i)
+            return x
+        finally:
+            if cache is not None and owned:
+                cache.close()
+
+
+def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
+    """`name` is "ddpm" (ancestral) or "ddim"; params go to the step (e.g. eta for ddim)."""
+    step = SAMPLER_STEPS.make(name, **params)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return Sampler(steps, step, guidance)

@@ -1,0 +1,170 @@
+"""Trial evaluation: a schedule → N images from fixed noise and labels → the metrics a search ranks.
+
+Every evaluation in a search (baselines and trials) samples the same `metric.n_samples` images:
+class-balanced labels, and batch b of `batch_size` images drawn from seed `seed + 2b` (initial
+noise) and `seed + 2b + 1` (the sampler's step noise), so two schedules differ only by the cache.
+The batches double as the latency runs: each batch is timed (synchronised on GPU, decoding
+included), the first `latency_warmup` batches and a partial last batch are not counted, and
+`latency_s` is the median of the rest. Reported metrics (see `pareto.DIRECTIONS`):
+
+- fid: the model's FID evaluator (`metric.fid`) against its reference statistics;
+- accuracy: share of images the digits classifier assigns to their label (digits models only);
+- macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
+  step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it);
+- distance: RMS difference of the final latents to the uncached run from the same noise.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ebtune.core.macs import sampling_macs
+from ebtune.core.schedule import Schedule, no_cache
+from ebtune.run.factory import model_spec, sampler_from
+from ebtune.run.generate import class_balanced_labels, generate
+from ebtune.run.loading import load_model
+from ebtune.sampling.samplers import Sampler
+from ebtune.schedules import ScheduleContext
+
+# Grids logged per trial stay small: a few images, each at most this many pixels wide.
+GRID_IMAGES = 20
+GRID_MAX_SIDE = 64
+
+
+class TrialError(RuntimeError):
+    """A trial whose output cannot be scored (NaN or infinite samples or metrics)."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The uncached run every trial is compared with: final latents (N, C, H, W) and its latency."""
+
+    latents: np.ndarray
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One evaluation: its metrics, the final latents and a few images for the trial's grid."""
+
+    metrics: dict[str, float]
+    latents: np.ndarray
+    grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
+
+
+def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
+    """The batch size used for sampling and timing: `batch_size`, lowered for small `n_samples` so that
+    at least one full batch follows the `warmup` ones.
+
+    Raises:
+        ValueError: n_samples cannot hold warm-up batches plus one timed batch.
+    """
+    if batch_size < 1 or warmup < 0:
+        raise ValueError(f"metric.batch_size must be >= 1 and metric.latency_warmup >= 0, got {batch_size} and {warmup}")
+    if n_samples < warmup + 1:
+        raise ValueError(f"metric.n_samples={n_samples} leaves no timed batch after {warmup} warm-up batch(es); "
+                         f"raise metric.n_samples or lower metric.latency_warmup")
+    return min(batch_size, n_samples // (warmup + 1))
+
+
+class Evaluator:
+    """The model, sampler, labels and FID evaluator of one search, loaded once per process.
+
+    Args:
+        cfg: the resolved search config (plain dict): model, sampler, steps, cfg_scale, seed, metric.
+        device: where to sample; the FID feature network picks CUDA when it is visible.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], device: torch.device | str):
+        from ebtune.metrics.fid import make_fid
+
+        self.spec = model_spec(cfg["model"])
+        self.device = torch.device(device)
+        self.loaded = load_model(self.spec, self.device)
+        self.cfg = cfg
+        self.sampler = sampler_from(cfg, self.spec)
+        metric = cfg["metric"]
+        self.n_samples = int(metric["n_samples"])
+        self.warmup = int(metric["latency_warmup"])
+        self.batch = latency_batch(self.n_samples, int(metric["batch_size"]), self.warmup)
+        self.seed = int(cfg["seed"])
+        self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
+        self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
+        self.ref_macs = self.macs(no_cache(self.sampler.steps, self.loaded.config.depth), self.sampler)
+
+    @property
+    def ctx(self) -> ScheduleContext:
+        """The context schedules of this search are built in (steps, depth, step times)."""
+        return ScheduleContext(self.sampler.steps, self.loaded.config.depth, self.sampler.times)
+
+    @property
+    def timed_batches(self) -> int:
+        return self.n_samples // self.batch - self.warmup
+
+    def sampler_at(self, steps: int) -> Sampler:
+        """The search's sampler at another step count (for the fewer-steps baselines)."""
+        return sampler_from(self.cfg, self.spec, steps)
+
+    def macs(self, schedule: Schedule, sampler: Sampler) -> float:
+        """MACs per image of a whole sampling run under `schedule`."""
+        return float(sampling_macs(self.loaded.config, schedule, batch=1, cfg=sampler.guidance.active))
+
+    def evaluate(self, schedule: Schedule, reference: Reference | None, sampler: Sampler | None = None) -> Outcome:
+        """Sample, time and score `schedule` (see the module docstring for the metrics).
+
+        Args:
+            reference: the uncached run; None while evaluating that run itself (distance 0, latency
+                speedup 1).
+            sampler: defaults to the search's; another step count for the fewer-steps baselines.
+
+        Raises:
+            TrialError: non-finite samples or metrics.
+        """
+        sampler = sampler or self.sampler
+        images, latents, seconds = [], [], []
+        for b, lo in enumerate(range(0, self.n_samples, self.batch)):
+            out = generate(self.loaded, sampler, schedule, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
+            images.append(out.images)
+            latents.append(out.latents.float().cpu())
+            if b >= self.warmup and len(out.labels) == self.batch:
+                seconds.append(out.seconds)
+        final = torch.cat(latents)
+        if not torch.isfinite(final).all():
+            raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
+        imgs = np.concatenate(images)
+        latency = statistics.median(seconds)
+        macs = self.macs(schedule, sampler)
+        metrics = {
+            "fid": self.fid.fid(imgs),
+            "macs": macs,
+            "speedup": self.ref_macs / macs,
+            "latency_s": latency,
+            "latency_speedup": 1.0 if reference is None else reference.latency_s / latency,
+            "distance": 0.0 if reference is None else float(np.sqrt(np.mean((final.numpy() - reference.latents) ** 2))),
+        }
+        if self.spec.fid == "digits":
+            from ebtune.metrics.fid import classifier_accuracy
+
+            metrics["accuracy"] = classifier_accuracy(imgs, self.labels.numpy())
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
+        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]))
+
+    def provenance(self) -> dict[str, Any]:
+        """How the metrics were measured, for schedule files and the MLflow parent run."""
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        return {"fid_evaluator": self.fid.name, "n_samples": self.n_samples, "seed": self.seed,
+                "labels": "class-balanced", "latency": {"batch_size": self.batch, "warmup_batches": self.warmup,
+                                                        "timed_batches": self.timed_batches, "device": device}}
+
+
+def _small(images: np.ndarray) -> np.ndarray:
+    """Every k-th pixel so that no side exceeds GRID_MAX_SIDE (a preview, not a measurement)."""
+    k = max(1, -(-images.shape[1] // GRID_MAX_SIDE))
+    return np.ascontiguousarray(images[:, ::k, ::k])

@@ -1,0 +1,194 @@
+"""The Ray Tune side of `launcher=ray`, imported only then: the trial function that runs in Ray
+workers, the Optuna searcher that keeps every metric on the study, and the driver callback that
+records each finished trial (MLflow logging happens in the driver, after each result)."""
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from ebtune.errors import ConfigError
+from ebtune.search.evaluator import Evaluator, Reference
+from ebtune.search.job import Job, score
+from ebtune.search.launchers.base import Launcher
+from ebtune.search.pareto import DIRECTIONS, direction
+from ebtune.search.space import SearchSpace
+
+NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What a Ray worker needs: plain values only, so trials do not depend on the driver's paths."""
+
+    cfg_json: str
+    space: SearchSpace
+    reference: Reference
+    threads: int
+    device: str
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_evaluator(cfg_json: str, device: str) -> Evaluator:
+    # One model per worker process: a reused Ray actor runs many trials with it.
+    return Evaluator(json.loads(cfg_json), device)
+
+
+def _params(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != NUMBER_KEY}
+
+
+def ray_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Function trainable: score one point and report its metrics; any failure raises (trial ERROR)."""
+    torch.set_num_threads(setup.threads)
+    outcome = score(_worker_evaluator(setup.cfg_json, setup.device), setup.space, _params(config), setup.reference)
+    grid = outcome.grid
+    tune.report({**outcome.metrics, NUMBER_KEY: config[NUMBER_KEY], "worker_pid": os.getpid(),
+                 "grid_shape": list(grid.shape), "grid_b64": base64.b64encode(grid.tobytes()).decode()})
+
+
+class RecordingOptunaSearch(OptunaSearch):
+    """`OptunaSearch` on the job's study that stores metrics and constraint violations on each Optuna
+    trial before telling it (plain OptunaSearch keeps only the objective values)."""
+
+    def __init__(self, job: Job):
+        self._job, self._asked = job, {}
+        study = job.study
+        super().__init__(space=self._define, metric=list(job.objectives),
+                         mode=["min" if direction(m) == "minimize" else "max" for m in job.objectives],
+                         sampler=study.sampler, storage=job.storage, study_name=study.study_name)
+
+    def _define(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run space; the returned constant puts the Optuna trial number into the config."""
+        self._job.space.suggest(trial)
+        self._asked[trial.number] = trial
+        return {NUMBER_KEY: trial.number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and NUMBER_KEY in result:
+            self._job.values(self._asked.pop(result[NUMBER_KEY]), _metrics(result))
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(result[k]) for k in DIRECTIONS if k in result}
+
+
+class RecordingCallback(tune.Callback):
+    """Runs in the driver: opens each trial's MLflow run when it starts, records it when it ends."""
+
+    def __init__(self, job: Job):
+        self._job = job
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._job.recorder.trial_started(trial.config[NUMBER_KEY], _params(trial.config))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result
+        grid = np.frombuffer(base64.b64decode(result["grid_b64"]), dtype=np.uint8).reshape(result["grid_shape"])
+        self._job.recorder.trial_finished(trial.config[NUMBER_KEY], _params(trial.config), _metrics(result), grid=grid)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The local error file is written before this hook; `trial.get_error()` reads the synced copy,
+        # which may not exist yet.
+        path = Path(trial.error_file) if trial.error_file else None
+        error = path.read_text().strip() if path and path.is_file() else "the Ray trial failed without an error file"
+        self._job.recorder.trial_finished(trial.config[NUMBER_KEY], _params(trial.config), None, error)
+
+
+class RayLauncher(Launcher):
+    """Trials as Ray Tune trials with Optuna (`OptunaSearch`) as the search algorithm.
+
+    Args:
+        cfg: the resolved search config. Its `ray:` part: address (null = start a local Ray; "auto" =
+            join the running cluster), num_cpus (local Ray size; null = all cores), cpus_per_trial,
+            gpus_per_trial ("auto" = 1 when the cluster has GPUs and device is not cpu, else 0;
+            fractions share a GPU), max_concurrent (null = as many as the cluster's resources allow);
+            `threads`: torch threads per CPU trial; `device`: the device setting.
+        folder: the search folder; Ray's session files and Tune's results go inside it.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], folder: Path):
+        self.cfg, self.folder = dict(cfg["ray"]), folder
+        self.threads, self.device = int(cfg["threads"]), str(cfg["device"])
+
+    def _init(self) -> Path | None:
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # No Tune tables or trial tracebacks on the console: the recorder prints one line per trial and
+        # MLflow keeps each failed trial's traceback.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if self.cfg["address"]:
+            ray.init(address=self.cfg["address"], **kw)
+            return None
+        # Ray's socket paths must stay under 107 bytes, which a search folder deep in a tree exceeds;
+        # a short link in the temp dir keeps the session files inside the folder all the same.
+        target = self.folder / "ray"
+        target.mkdir(parents=True, exist_ok=True)
+        link = Path(tempfile.mkdtemp(prefix="ebtune-ray-")) / "r"
+        link.symlink_to(target.absolute(), target_is_directory=True)
+        ray.init(num_cpus=self.cfg["num_cpus"] or os.cpu_count(), _temp_dir=str(link), **kw)
+        return link
+
+    def resources(self, cluster: Mapping[str, float]) -> tuple[dict[str, float], int]:
+        """Per-trial resources and the number of concurrent trials for a cluster's resources.
+
+        Raises:
+            ConfigError: a trial asks for more CPUs or GPUs than the cluster has.
+        """
+        cpus, have_cpus, have_gpus = float(self.cfg["cpus_per_trial"]), cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+        gpus = self.cfg["gpus_per_trial"]
+        if gpus == "auto":
+            gpus = 1.0 if have_gpus >= 1 and self.device != "cpu" else 0.0
+        gpus = float(gpus)
+        if cpus > have_cpus:
+            raise ConfigError(f"ray.cpus_per_trial={cpus:g} but the Ray cluster has {have_cpus:g} CPUs; lower it or add nodes")
+        if gpus > have_gpus:
+            raise ConfigError(f"ray.gpus_per_trial={gpus:g} but the Ray cluster has {have_gpus:g} GPUs; set "
+                              f"ray.gpus_per_trial=0 for CPU trials or start Ray on GPU nodes")
+        fits = [have_cpus // cpus if cpus else math.inf, have_gpus // gpus if gpus else math.inf]
+        limit = self.cfg["max_concurrent"] or int(min(fits))
+        return {"cpu": cpus, "gpu": gpus}, max(1, int(limit))
+
+    def run(self, job: Job, n_trials: int) -> None:
+        import ray
+        from ray import tune
+
+        link = self._init()
+        try:
+            per_trial, concurrent = self.resources(ray.cluster_resources())
+            cluster = ray.cluster_resources()
+            job.recorder.log(f"ray: {concurrent} concurrent trial(s) of {per_trial['cpu']:g} CPU + {per_trial['gpu']:g} GPU "
+                             f"on a cluster of {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
+            setup = TrialSetup(json.dumps(job.cfg), job.space, job.reference, self.threads,
+                               "cuda" if per_trial["gpu"] else "cpu")
+            trainable = tune.with_resources(tune.with_parameters(ray_trial, setup=setup), per_trial)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=RecordingOptunaSearch(job), num_samples=n_trials,
+                                            max_concurrent_trials=concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=job.study.study_name, storage_path=str((self.folder / "ray_results").absolute()),
+                    callbacks=[RecordingCallback(job)], verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+            )
+            tuner.fit()
+        finally:
+            ray.shutdown()
+            if link is not None:
+                link.unlink()
+                link.parent.rmdir()
