@@ -19,8 +19,8 @@ def search_folder(tmp_path, monkeypatch):
     return tmp_path / "run"
 
 
-def test_confirm_at_the_search_size_reproduces_its_metrics(search_folder, capsys):
-    assert main(["confirm", str(search_folder), "--n", "20"]) == 0
+def test_confirm_at_the_search_size_and_seed_reproduces_its_metrics(search_folder, capsys):
+    assert main(["confirm", str(search_folder), "n=20", "seed=0"]) == 0
     result = json.loads((search_folder / "confirmed.json").read_text())
     pareto = json.loads((search_folder / "pareto.json").read_text())
     names = [r["name"] for r in result["rows"]]
@@ -33,8 +33,9 @@ def test_confirm_at_the_search_size_reproduces_its_metrics(search_folder, capsys
     assert "confirmed.json" in capsys.readouterr().out
 
 
-def test_confirm_with_more_images_changes_fid_not_macs(search_folder):
-    assert main(["confirm", str(search_folder), "--n", "40"]) == 0
+def test_confirm_with_more_images_changes_fid_not_macs(search_folder, capsys):
+    assert main(["confirm", str(search_folder), "--n", "40"]) == 0  # the old flag still works, with a note
+    assert "--n is deprecated" in capsys.readouterr().err
     rows = json.loads((search_folder / "confirmed.json").read_text())["rows"]
     assert all(r["metrics"]["macs"] == r["search_metrics"]["macs"] for r in rows)
     assert any(r["metrics"]["fid"] != pytest.approx(r["search_metrics"]["fid"]) for r in rows)
@@ -43,3 +44,12 @@ def test_confirm_with_more_images_changes_fid_not_macs(search_folder):
 def test_confirm_needs_a_search_folder(tmp_path, capsys):
     assert main(["confirm", str(tmp_path)]) == 2
     assert "no pareto.json in" in capsys.readouterr().err
+
+
+def test_confirm_defaults_to_fresh_seeds(search_folder):
+    assert main(["confirm", str(search_folder), "n=20"]) == 0
+    result = json.loads((search_folder / "confirmed.json").read_text())
+    assert result["seed"] != 0
+    nocache = next(r for r in result["rows"] if r["name"] == "nocache")
+    assert nocache["metrics"]["fid"] != pytest.approx(nocache["search_metrics"]["fid"])  # other images
+    assert nocache["metrics"]["macs"] == nocache["search_metrics"]["macs"]

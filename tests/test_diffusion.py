@@ -82,3 +82,20 @@ def test_guidance_on_first_channels_only(small_dit):
     torch.testing.assert_close(eps[:, :3], uncond[:, :3] + 4.0 * (cond[:, :3] - uncond[:, :3]), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(eps[:, 3:], cond[:, 3:4], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var, cond[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def _dit_respacing(T: int, K: int) -> list[int]:
+    """DiT's `space_timesteps(T, [K])` for one section, written out from its definition: a float
+    cursor advanced by repeated addition of (T-1)/(K-1), rounded half to even at each step."""
+    stride = 1.0 if K <= 1 else (T - 1) / (K - 1)
+    cursor, taken = 0.0, []
+    for _ in range(K):
+        taken.append(int(round(cursor)))
+        cursor = cursor + stride
+    return sorted(set(taken))
+
+
+def test_respacing_matches_dit_for_every_step_count():
+    mismatched = [K for K in range(1, 1001) if space_timesteps(1000, K) != _dit_respacing(1000, K)]
+    assert mismatched == []
+    assert space_timesteps(1000, 35) != sorted({round(i * 999 / 34) for i in range(35)})  # a .5 tie case

@@ -203,7 +203,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
         assert {"fid", "macs", "speedup", "latency_s", "latency_speedup", "distance", "accuracy"} <= set(point["metrics"])
         file = load_schedule_file(run / point["schedule_file"])
         assert file.provenance["mlflow_run_id"] == point["mlflow_run_id"]
-        assert file.provenance["metrics"]["evaluator"] == "digits" and file.provenance["metrics"]["n_samples"] == 20
+        assert file.provenance["metrics"]["evaluator"] == "digits-native" and file.provenance["metrics"]["n_samples"] == 20
         assert file.search_params == point["params"] and file.schedule.steps == 10
     schedules = sorted(p.name for p in (run / "schedules").iterdir())
     assert {"trial-0000.json", "trial-0001.json", "trial-0002.json", "baseline-nocache.json"} <= set(schedules)

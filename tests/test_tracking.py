@@ -235,7 +235,7 @@ def test_ui_serves_and_stops_on_ctrl_c(store: Path, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # A shell that starts pytest in the background ignores SIGINT in its children; restore Python's handler.
-    script = ("import argparse, signal, sys; from ebtune import cli_ui; "
+    script = ("import argparse, signal, sys; from ebtune.cli import ui as cli_ui; "
               "signal.signal(signal.SIGINT, signal.default_int_handler); "
               "sys.exit(cli_ui.run(argparse.Namespace(host='127.0.0.1', port=int(sys.argv[1]), "
               "overrides=['tracking.uri=' + sys.argv[2]])))")

@@ -9,7 +9,8 @@ from ebtune.errors import ConfigError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("confirm", help="re-score a search's Pareto front and baselines with more images",
                        description="Re-evaluate every front point and baseline of a search folder with n=N images "
-                       "(default 1000; same model, sampler, seed and labels as the search) and write confirmed.json there.")
+                       "(default 1000; same model, sampler and labels as the search, on fresh seeds unless seed=S is "
+                       "given) and write confirmed.json there.")
     p.add_argument("folder", help="a folder written by `ebtune search`")
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # deprecated spelling of n=
     p.set_defaults(run=run)
@@ -21,13 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from ebtune.cli.config import compose, settings, with_aliases
     from ebtune.search.confirm import confirm, search_overrides, search_settings
 
-    given = settings("confirm", with_aliases(args.overrides, {"--n": ("n", args.n)}), {"n": int})
+    given = settings("confirm", with_aliases(args.overrides, {"--n": ("n", args.n)}), {"n": int, "seed": int})
     n = given.get("n", 1000)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
     if not (Path(args.folder) / "pareto.json").is_file():
         raise FileNotFoundError(f"no pareto.json in {args.folder}; pass a folder written by `ebtune search`")
-    cfg = compose(search_overrides(search_settings(Path(args.folder)), n), config_name="search")
+    cfg = compose(search_overrides(search_settings(Path(args.folder)), n, given.get("seed")), config_name="search")
     result = confirm(args.folder, cfg)
     for trial, beaten in result["dominates"].items():
         print(f"{trial} with {result['n_samples']} images dominates: {', '.join(beaten) or 'no baseline'}")

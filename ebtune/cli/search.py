@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _objectives(value: Any, device_type: str, fid: str) -> list[str]:
+def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
     from ebtune.cli.config import ConfigError
     from ebtune.search.pareto import direction
 
@@ -40,7 +40,7 @@ def _objectives(value: Any, device_type: str, fid: str) -> list[str]:
     names = [value] if isinstance(value, str) else list(value)
     for name in names:
         direction(name)
-    if "accuracy" in names and fid != "digits":
+    if "accuracy" in names and decoder != "digits":
         raise ConfigError("objective 'accuracy' needs the digits classifier (model=dit-tiny); drop it for this model")
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(f"search.objectives={names}; give at least two different metrics, e.g. [fid,macs]")
@@ -81,7 +81,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "cfg": cfg, "space": space, "spec": spec, "sampler": sampler, "device": device, "name": name,
         "folder": Path(cfg["out"] or Path("outputs") / "search" / name).absolute(),
-        "objectives": _objectives(cfg["search"]["objectives"], device.type, spec.fid),
+        "objectives": _objectives(cfg["search"]["objectives"], device.type, spec.decoder),
         "constraints": [Constraint.parse(c) for c in cfg["search"]["constraints"]],
     }
 
@@ -114,7 +114,6 @@ def _search(plan: dict[str, Any]) -> int:
     from ebtune.search.evaluator import Evaluator, Reference
     from ebtune.search.job import Job
     from ebtune.search.launchers import LAUNCHERS
-    from ebtune.search.pareto import dominates
     from ebtune.search.recorder import Recorder, git_commit
     from ebtune.search.study import done_trials, fail_interrupted, open_study, storage
     from ebtune.search.tracking import SearchTracker, default_uri
@@ -127,7 +126,8 @@ def _search(plan: dict[str, Any]) -> int:
     if device.type == "cpu":
         torch.set_num_threads(int(cfg["threads"]))
     evaluator = Evaluator(cfg, device)
-    names = baseline_names(evaluator)
+    eps_form = space.reference_eps_form()
+    names = baseline_names(evaluator, eps_form)
     unknown = sorted({c.baseline for c in constraints if c.baseline} - set(names))
     if unknown:
         raise ConfigError(f"constraint names baseline(s) {', '.join(unknown)}; baselines are: {', '.join(names)}")
@@ -166,31 +166,64 @@ def _search(plan: dict[str, Any]) -> int:
             outcome = evaluator.evaluate(base.schedule(evaluator.ctx), None)
             reference = Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
         else:
-            reference = evaluate_baselines(evaluator, recorder.baseline)[1]
+            reference = evaluate_baselines(evaluator, recorder.baseline, eps_form)[1]
         remaining = total - len(done_trials(study))
         launcher = LAUNCHERS.make(cfg["launcher"]["name"], cfg, folder)
         if remaining > 0:
+            recorder.unconfirm()
             launcher.run(Job(study, store, space, cfg, reference, objectives, recorder, evaluator), remaining)
+        confirm_n = int(cfg["search"]["confirm_n"])
+        if confirm_n > 0 and recorder.confirmation is None and recorder.front():
+            _confirm(recorder, folder, cfg, confirm_n, device)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         front = recorder.finish(status)
-        _summary(front, recorder.baselines, objectives, dominates)
+        _summary(front, recorder.current_baselines(), objectives, recorder.confirmation)
         print(f"search folder: {folder}")
         print(f"MLflow: {tracker.uri} (experiment {tracker.experiment}, parent run {tracker.parent_run_id}); "
               f"browse with `ebtune ui`")
     return 0
 
 
-def _summary(front: list[dict], baselines: list[dict], objectives: list[str], dominates: Any) -> None:
-    """The front, sorted by the first objective, and which front points beat each baseline."""
-    print(f"Pareto front ({len(front)} point(s)) over {', '.join(objectives)}:")
+def _confirm(recorder: Any, folder: Path, cfg: dict[str, Any], n: int, device: Any) -> None:
+    """Re-score the front and the baselines on `n` fresh images and make those the search's numbers."""
+    import copy
+
+    from ebtune.search.confirm import confirm, fresh_seed
+
+    confirm_cfg = copy.deepcopy(cfg)
+    confirm_cfg["metric"]["n_samples"] = n
+    confirm_cfg["seed"] = fresh_seed(cfg["seed"])
+    confirm_cfg["device"] = device.type if device.type == "cpu" else str(device)
+    print(f"confirming the front and the baselines on {n} fresh images (search.confirm_n; 0 skips this)")
+    recorder.confirmed(confirm(folder, confirm_cfg))
+
+
+def _fmt(m: dict, key: str) -> str:
+    from ebtune.search.pareto import std_key
+
+    std = m.get(std_key(key))
+    return f"{key} {m[key]:.4g}" + (f" ± {std:.2g}" if isinstance(std, float) and std == std else "")
+
+
+def _summary(front: list[dict], baselines: list[dict], objectives: list[str], confirmed: dict | None) -> None:
+    """The front, sorted by the first objective, and how each front point stands against each
+    baseline beyond the quality metric's noise (dominates, tie, trade-off, dominated)."""
+    from ebtune.search.pareto import NOISE_Z, relation
+
+    where = (f"confirmed on {confirmed['n_samples']} fresh images" if confirmed else "on the search's images, not confirmed")
+    print(f"Pareto front ({len(front)} point(s)) over {', '.join(objectives)}, {where}; differences count beyond "
+          f"{NOISE_Z:g} standard errors:")
     for point in sorted(front, key=lambda p: p["metrics"][objectives[0]]):
         m = point["metrics"]
-        print(f"  {point['name']}: " + "  ".join(f"{k} {m[k]:.4g}" for k in objectives)
+        print(f"  {point['name']}: " + "  ".join(_fmt(m, k) for k in objectives)
               + f"  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s  -> {point['schedule_file']}")
     for base in baselines:
-        beaters = [p["name"] for p in front if dominates(p["metrics"], base["metrics"], objectives)]
-        print(f"  baseline {base['name']}: " + (f"dominated by {', '.join(beaters)}" if beaters else "not dominated"))
+        rel = {p["name"]: relation(p["metrics"], base["metrics"], objectives, NOISE_Z) for p in front}
+        parts = [f"{kind} {', '.join(n for n, r in rel.items() if r == kind)}" for kind in ("dominated by", "tie with")
+                 if any(r == {"dominated by": "dominates", "tie with": "tie"}[kind] for r in rel.values())]
+        print(f"  baseline {base['name']} ({_fmt(base['metrics'], objectives[0])}, speedup "
+              f"{base['metrics']['speedup']:.2f}x): " + ("; ".join(parts) if parts else "not dominated by any front point"))

@@ -21,11 +21,20 @@ def linear_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
 
 
 def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """The K original timesteps DiT keeps for K sampling steps: round(i·(T−1)/(K−1)), ascending."""
+    """The K original timesteps DiT keeps for K sampling steps, ascending.
+
+    As DiT's `respace.space_timesteps(T, [K])`: a float index starts at 0 and grows by the stride
+    (T−1)/(K−1) one addition at a time, and each step keeps round(index). The accumulated sum, not
+    i·stride, decides the .5 ties (e.g. K = 21, 35), so it is reproduced exactly.
+    """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
     stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1
-    return sorted({round(i * stride) for i in range(steps)})
+    kept, index = set(), 0.0
+    for _ in range(steps):
+        kept.add(round(index))
+        index += stride
+    return sorted(kept)
 
 
 class GaussianDiffusion:

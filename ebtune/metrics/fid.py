@@ -11,6 +11,7 @@ Images are uint8 N×H×W×C (C = 1 or 3); grey is repeated to 3 channels for tor
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
@@ -128,8 +129,7 @@ class FIDEvaluator(ABC):
         """mu (D,) and sigma (D, D), float64, of the features of N ≥ 2 images."""
         if len(check_images(images)) < 2:
             raise ValueError(f"FID needs at least 2 images to estimate a covariance, got {len(images)}")
-        stats = fid_features_to_statistics(torch.from_numpy(self.features(images)).double())
-        return {"mu": stats["mu"].astype(np.float64), "sigma": stats["sigma"].astype(np.float64)}
+        return _moments(torch.from_numpy(self.features(images)).double())
 
     def reference_statistics(self) -> Statistics:
         """mu and sigma (float64) loaded from `reference_npz`.
@@ -161,6 +161,31 @@ class FIDEvaluator(ABC):
         """FID of `images` against the reference statistics (≥ 0; lower is closer)."""
         reference = self.reference_statistics()  # first: a missing file fails before feature extraction
         return frechet_distance(self.statistics(images), reference)
+
+    def score(self, images: np.ndarray, bootstrap: int = 0, seed: int = 0) -> tuple[float, float]:
+        """(FID, its standard error): the error is the standard deviation of the FID over `bootstrap`
+        resamples of the images with replacement (features extracted once); NaN for bootstrap < 2.
+
+        The bootstrap measures how much the number moves with the particular images drawn, which
+        is what decides whether two schedules differ; it does not remove FID's small-sample bias.
+        """
+        reference = self.reference_statistics()
+        feats = torch.from_numpy(self.features(check_images(images))).double()
+        if len(feats) < 2:
+            raise ValueError(f"FID needs at least 2 images to estimate a covariance, got {len(feats)}")
+        value = frechet_distance(_moments(feats), reference)
+        if bootstrap < 2:
+            return value, math.nan
+        rng = np.random.default_rng(seed)
+        draws = [frechet_distance(_moments(feats[torch.from_numpy(rng.integers(0, len(feats), len(feats)))]), reference)
+                 for _ in range(bootstrap)]
+        return value, float(np.std(draws, ddof=1))
+
+
+def _moments(features: torch.Tensor) -> Statistics:
+    """mu and unbiased sigma (float64) of (N, D) features, by torch-fidelity."""
+    stats = fid_features_to_statistics(features)
+    return {"mu": stats["mu"].astype(np.float64), "sigma": stats["sigma"].astype(np.float64)}
 
 
 def frechet_distance(stats_a: Statistics, stats_b: Statistics) -> float:
@@ -250,6 +275,15 @@ class InceptionFID(_TorchFidelityFID):
 FID_EVALUATORS: Registry[FIDEvaluator] = Registry("fid evaluator")
 FID_EVALUATORS.register("digits", DigitsFID)
 FID_EVALUATORS.register("inception", InceptionFID)
+
+
+def _digits_native(reference_npz: str | None = None) -> FIDEvaluator:
+    from ebtune.metrics.digits_native import DigitsNativeFD  # it builds on this module
+
+    return DigitsNativeFD(reference_npz)
+
+
+FID_EVALUATORS.register("digits-native", _digits_native)
 
 
 def make_fid(name: str, **kw) -> FIDEvaluator:

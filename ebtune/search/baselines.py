@@ -5,7 +5,10 @@
 - `ebcache-table`: the EB-Cache released table with the paper's b(t) (b_h 0.98, b_l 0.96, t_s 0.4);
 - `<sampler>-<k>`: no cache with fewer steps, k = round(K · MACs(cached) / MACs(no cache)) for each
   cached baseline above (e.g. 25/26 and 17/18 for K = 50), so a cache schedule only counts where it
-  beats simply taking fewer steps.
+  beats simply taking fewer steps;
+- `nocache+<rule>`, `<sampler>-<k>+<rule>`: the same uncached runs with the search space's ε-scale
+  rule (`SearchSpace.reference_eps_form`), because ε scaling improves samples without any cache:
+  a front point is judged against the strongest schedule that caches nothing.
 """
 from __future__ import annotations
 
@@ -41,13 +44,14 @@ class Baseline:
         return ScheduleSpec.of(self.family, self.params, self.eps_scale).build(ctx)
 
 
-def baseline_names(evaluator: Evaluator) -> list[str]:
+def baseline_names(evaluator: Evaluator, eps_form: dict[str, Any] | None = None) -> list[str]:
     """Names of the baselines this search evaluates, in order (constraints may refer to them)."""
-    return [b.name for b in plan(evaluator)]
+    return [b.name for b in plan(evaluator, eps_form)]
 
 
-def plan(evaluator: Evaluator) -> list[Baseline]:
-    """No cache, the cached baselines, then no cache at the step counts matching their MACs."""
+def plan(evaluator: Evaluator, eps_form: dict[str, Any] | None = None) -> list[Baseline]:
+    """No cache, the cached baselines, then no cache at the step counts matching their MACs; with an
+    ε form (not "none"), every uncached baseline once more under that form."""
     steps, sampler = evaluator.sampler.steps, evaluator.sampler
     out = [Baseline(NO_CACHE, "none", steps=steps)]
     fewer: list[int] = []
@@ -60,11 +64,15 @@ def plan(evaluator: Evaluator) -> list[Baseline]:
             fewer.append(k)
     sampler_name = evaluator.cfg["sampler"]["name"]
     out += [Baseline(f"{sampler_name}-{k}", "none", steps=k) for k in sorted(fewer, reverse=True)]
+    if eps_form and eps_form["name"] != "none":
+        out += [Baseline(f"{b.name}+{eps_form['name']}", "none", eps_scale=dict(eps_form), steps=b.steps)
+                for b in out if b.family == "none"]
     return out
 
 
 def evaluate_baselines(
     evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome], None] | None = None,
+    eps_form: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
     """Evaluate every baseline (no cache first, as the reference of the others).
 
@@ -76,7 +84,7 @@ def evaluate_baselines(
     """
     results: list[tuple[Baseline, Outcome]] = []
     reference: Reference | None = None
-    for base in plan(evaluator):
+    for base in plan(evaluator, eps_form):
         sampler = evaluator.sampler if base.steps == evaluator.sampler.steps else evaluator.sampler_at(base.steps)
         ctx = ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times)
         schedule = base.schedule(ctx)

@@ -16,6 +16,9 @@ from ebtune.errors import ConfigError
 
 Metrics = Mapping[str, float]
 
+# Differences of a measured metric count only beyond NOISE_Z combined standard errors (≈ 95 %).
+NOISE_Z = 2.0
+
 DIRECTIONS: dict[str, str] = {
     "fid": "minimize",
     "macs": "minimize",  # per image
@@ -40,19 +43,52 @@ def _cost(metrics: Metrics, metric: str) -> float:
     return value if direction(metric) == "minimize" else -value
 
 
-def dominates(a: Metrics, b: Metrics, objectives: Sequence[str]) -> bool:
-    """True when `a` is no worse than `b` on every objective and strictly better on one."""
-    ca, cb = [_cost(a, m) for m in objectives], [_cost(b, m) for m in objectives]
-    return all(x <= y for x, y in zip(ca, cb)) and any(x < y for x, y in zip(ca, cb))
+def std_key(metric: str) -> str:
+    """Where a measured metric keeps its standard error (bootstrap over images): e.g. `fid_std`."""
+    return f"{metric}_std"
 
 
-def non_dominated(points: Sequence[Metrics], objectives: Sequence[str]) -> list[int]:
+def compare(a: Metrics, b: Metrics, metric: str, z: float = 0.0) -> int:
+    """-1 when `a` is better than `b` on `metric`, +1 when worse, 0 for a tie.
+
+    With z > 0 and a standard error stored for the metric (`std_key`), a difference counts only
+    beyond z·sqrt(σ_a² + σ_b²); smaller differences are ties. Metrics without a stored error
+    (MACs, speedup) are exact.
+    """
+    diff = _cost(a, metric) - _cost(b, metric)
+    sa, sb = float(a.get(std_key(metric), 0.0) or 0.0), float(b.get(std_key(metric), 0.0) or 0.0)
+    margin = z * math.sqrt(sa * sa + sb * sb)
+    return -1 if diff < -margin else 1 if diff > margin else 0
+
+
+def dominates(a: Metrics, b: Metrics, objectives: Sequence[str], z: float = 0.0) -> bool:
+    """True when `a` is no worse than `b` on every objective and better on one (see `compare`:
+    with z > 0 both "worse" and "better" mean beyond the metrics' noise)."""
+    signs = [compare(a, b, m, z) for m in objectives]
+    return all(s <= 0 for s in signs) and any(s < 0 for s in signs)
+
+
+def relation(a: Metrics, b: Metrics, objectives: Sequence[str], z: float) -> str:
+    """How `a` stands against `b`: "dominates", "dominated", "tie" (no objective differs beyond
+    noise) or "trade-off" (each is better on something)."""
+    signs = [compare(a, b, m, z) for m in objectives]
+    if all(s == 0 for s in signs):
+        return "tie"
+    if all(s <= 0 for s in signs):
+        return "dominates"
+    if all(s >= 0 for s in signs):
+        return "dominated"
+    return "trade-off"
+
+
+def non_dominated(points: Sequence[Metrics], objectives: Sequence[str], z: float = 0.0) -> list[int]:
     """Indices of the points no other point dominates; points with a non-finite objective are left out.
 
-    Duplicates (equal on every objective) are all kept: neither dominates the other.
+    Duplicates (equal on every objective) are all kept: neither dominates the other. With z > 0 a
+    point dominated only within the metrics' noise stays (see `compare`).
     """
     usable = [i for i, p in enumerate(points) if all(math.isfinite(float(p.get(m, math.nan))) for m in objectives)]
-    return [i for i in usable if not any(dominates(points[j], points[i], objectives) for j in usable if j != i)]
+    return [i for i in usable if not any(dominates(points[j], points[i], objectives, z) for j in usable if j != i)]
 
 
 def knee(points: Sequence[Metrics], objectives: Sequence[str]) -> int:
@@ -124,8 +160,8 @@ class Constraint:
 
 def feasible_front(
     points: Sequence[Metrics], objectives: Sequence[str], constraints: Sequence[Constraint] = (),
-    baselines: Mapping[str, Metrics] | None = None,
+    baselines: Mapping[str, Metrics] | None = None, z: float = 0.0,
 ) -> list[int]:
-    """Indices of the non-dominated points among those satisfying every constraint."""
+    """Indices of the non-dominated points (beyond noise, for z > 0) among those meeting every constraint."""
     ok = [i for i, p in enumerate(points) if all(c.violation(p, baselines or {}) <= 0 for c in constraints)]
-    return [ok[i] for i in non_dominated([points[i] for i in ok], objectives)]
+    return [ok[i] for i in non_dominated([points[i] for i in ok], objectives, z)]

@@ -24,7 +24,7 @@ from ebtune.io.schedule_file import save_schedule_file
 from ebtune.sampling.samplers import Sampler
 from ebtune.search.baselines import Baseline
 from ebtune.search.evaluator import Evaluator, Outcome
-from ebtune.search.pareto import Constraint, feasible_front
+from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation, std_key
 from ebtune.search.space import SearchSpace
 from ebtune.search.study import add_run_id, done_trials, run_ids
 
@@ -81,7 +81,7 @@ class Recorder:
 
     def _provenance(self, metrics: dict[str, float], run_id: str, trial: str) -> dict[str, Any]:
         how = self.evaluator.provenance()
-        quality = {k: metrics[k] for k in ("fid", "accuracy", "distance") if k in metrics}
+        quality = {k: metrics[k] for k in ("fid", std_key("fid"), "accuracy", "distance") if k in metrics}
         return {
             "metrics": {**quality, "evaluator": how["fid_evaluator"], "n_samples": how["n_samples"], "seed": how["seed"],
                         "labels": how["labels"]},
@@ -161,9 +161,47 @@ class Recorder:
                  "mlflow_run_id": runs.get(t.number)}
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
 
+    @property
+    def confirmation(self) -> dict[str, Any] | None:
+        """The front's confirmation (study attribute `confirmed`), or None before one ran."""
+        return self.study.user_attrs.get("confirmed")
+
+    def confirmed(self, result: dict[str, Any]) -> None:
+        """Store a confirmation (`ebtune.search.confirm.confirm`'s result) in the study; from now on
+        the front, pareto.json and the MLflow tags use its numbers."""
+        rows = result["rows"]
+        self.study.set_user_attr("confirmed", {
+            "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
+            "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
+            "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
+        for r in rows:
+            if r["trial"] is not None:
+                self.tracker.log_confirmed(r["trial"], r["metrics"])
+        self.update_front()
+
+    def unconfirm(self) -> None:
+        """New trials make a confirmation stale: drop it before they run."""
+        if self.confirmation is not None:
+            self.study.set_user_attr("confirmed", None)
+
+    def current_baselines(self) -> list[dict[str, Any]]:
+        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
+        confirmed = self.confirmation
+        if not confirmed:
+            return self.baselines
+        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
+                for b in self.baselines if b["name"] in confirmed["baselines"]]
+
     def front(self) -> list[dict[str, Any]]:
+        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
+        on their confirmed metrics."""
         records = self.trial_records()
-        idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, self.baseline_metrics())
+        confirmed = self.confirmation
+        if confirmed:
+            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
+                       for r in records if str(r["number"]) in confirmed["trials"]]
+        baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
+        idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, baselines, NOISE_Z)
         return [records[i] for i in idx]
 
     def update_front(self) -> list[dict[str, Any]]:
@@ -173,10 +211,18 @@ class Recorder:
         if numbers != self.front_numbers:
             self.tracker.mark_pareto(numbers)
             self.front_numbers = numbers
+        baselines = self.current_baselines()
+        for point in front:
+            point["relations"] = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z)
+                                  for b in baselines}
+        confirmed = self.confirmation
         doc = {"model": self.evaluator.spec.name, "steps": self.evaluator.sampler.steps,
                "sampler": self.sampler_info(self.evaluator.sampler), "space": self.space.name,
                "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
-               "baselines": self.baselines, "points": front}
+               "noise_z": NOISE_Z, "quality_evaluator": self.evaluator.fid.name,
+               "n_samples": confirmed["n_samples"] if confirmed else self.evaluator.n_samples,
+               "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
+               "baselines": baselines, "points": front}
         tmp = self.folder / "pareto.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(self.folder / "pareto.json")
@@ -187,7 +233,7 @@ class Recorder:
         front = self.update_front()
         trials = [{"number": r["number"], "name": r["name"], "params": r["params"], "metrics": r["metrics"]}
                   for r in self.trial_records()]
-        self.tracker.finish(front, self.baselines, trials, self.objectives, status=status)
+        self.tracker.finish(front, self.current_baselines(), trials, self.objectives, status=status)
         return front
 
     def _count(self, front: list) -> str:

@@ -132,6 +132,12 @@ class SearchSpace:
         """
         return self.spec(params).build(ctx)
 
+    def reference_eps_form(self) -> dict[str, Any]:
+        """The ε form the uncached baselines get: the space's form with its fixed values and the
+        first seed point's (the known-good setting, e.g. the paper's b(t)), else the form's defaults."""
+        given = {k: v for k, v in {**self.fixed, **(self.seeds[0] if self.seeds else {})}.items() if k.startswith(EPS_PREFIX)}
+        return {"name": self.eps_scale, **{k[len(EPS_PREFIX):]: v for k, v in given.items()}}
+
     def corners(self) -> list[dict[str, Any]]:
         """The all-low and the all-high points."""
         return [{n: p.corner(high) for p in self.params for n in p.study_names} for high in (False, True)]

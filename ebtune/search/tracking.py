@@ -171,13 +171,15 @@ class SearchTracker:
     def log_baseline(self, name: str, params: dict, metrics: dict) -> None:
         """Record a baseline (``nocache``, ``fora2``, ``ddim-25``...) on the parent run.
 
-        Its finite metrics become parent metrics ``baseline.<name>.<metric>``; the ``baselines.json`` and
+        Its finite metrics become parent metrics ``baseline.<name>.<metric>`` (a ``+`` in the name, as in
+        ``nocache+ebcache``, becomes ``:``, which MLflow allows in metric names); the ``baselines.json`` and
         ``baselines.csv`` artifacts are rewritten with every baseline so far (a name logged again replaces its row).
         """
         parent = self.parent_run_id
         self._baselines[name] = {"name": name, "params": dict(params), "metrics": dict(metrics)}
         now = _now_ms()
-        self._client.log_batch(parent, metrics=[Metric(f"baseline.{name}.{k}", v, now, 0)
+        key = name.replace("+", ":")
+        self._client.log_batch(parent, metrics=[Metric(f"baseline.{key}.{k}", v, now, 0)
                                                 for k, v in _finite_metrics(metrics).items()])
         self._client.log_dict(parent, list(self._baselines.values()), "baselines.json")
         self._client.log_text(parent, _table_csv(self._baselines.values()), "baselines.csv")
@@ -230,6 +232,18 @@ class SearchTracker:
         else:
             self._client.set_terminated(run_id, status, end_time=now)
         return run_id
+
+    def log_confirmed(self, number: int, metrics: dict) -> None:
+        """Log a trial's confirmation metrics on its child run as ``confirmed.<metric>``.
+
+        Raises:
+            ValueError: the trial has no child run in this search.
+        """
+        if number not in self._trial_runs:
+            raise ValueError(f"trial {number} has no run in this search; log_trial() it before log_confirmed()")
+        now = _now_ms()
+        self._client.log_batch(self._trial_runs[number],
+                               metrics=[Metric(f"confirmed.{k}", v, now, 0) for k, v in _finite_metrics(metrics).items()])
 
     def mark_pareto(self, trial_numbers: set[int]) -> None:
         """Tag ``pareto_optimal="true"`` on the child runs of these trials and ``"false"`` on every other child run

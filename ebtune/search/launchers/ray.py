@@ -22,7 +22,7 @@ from ebtune.errors import ConfigError
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.job import Job, score
 from ebtune.search.launchers.base import Launcher
-from ebtune.search.pareto import DIRECTIONS, direction
+from ebtune.search.pareto import DIRECTIONS, direction, std_key
 from ebtune.search.space import SearchSpace
 
 NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
@@ -82,7 +82,8 @@ class RecordingOptunaSearch(OptunaSearch):
 
 
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(result[k]) for k in DIRECTIONS if k in result}
+    keys = [*DIRECTIONS, *(std_key(k) for k in DIRECTIONS)]
+    return {k: float(result[k]) for k in keys if k in result}
 
 
 class RecordingCallback(tune.Callback):
