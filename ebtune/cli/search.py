@@ -182,6 +182,8 @@ def _search(plan: dict[str, Any]) -> int:
     finally:
         front = recorder.finish(status)
         _summary(front, recorder.current_baselines(), objectives, recorder.confirmation)
+        print(f"sampling cost: {recorder.cost() / 1e12:.4g} TMACs (images x MACs per image, baselines, trials and "
+              f"confirmation included)")
         print(f"search folder: {folder}")
         print(f"MLflow: {tracker.uri} (experiment {tracker.experiment}, parent run {tracker.parent_run_id}); "
               f"browse with `ebtune ui`")

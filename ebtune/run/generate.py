@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ebtune.core.dit import DiTConfig
+from ebtune.cache.engine import CachedModel
 from ebtune.core.schedule import Schedule
 from ebtune.run.loading import LoadedModel
 from ebtune.sampling.samplers import Sampler
@@ -36,12 +37,13 @@ class Generated:
 def generate(
     loaded: LoadedModel,
     sampler: Sampler,
-    schedule: Schedule | None,
+    schedule: Schedule | CachedModel | None,
     labels: torch.Tensor,
     seed: int = 0,
     batch_size: int = 256,
 ) -> Generated:
-    """Sample len(labels) images. Batch b uses step noise seeded `seed + 1 + b`, so two runs with the
+    """Sample len(labels) images (`schedule`: a Schedule, or a cache attached once by the caller for
+    many calls). Batch b uses step noise seeded `seed + 1 + b`, so two runs with the
     same seed, labels and batch size see identical noise whatever the schedule."""
     device = next(loaded.model.parameters()).device
     noise = initial_noise(len(labels), loaded.config, seed, device)

@@ -12,19 +12,23 @@ included), the first `latency_warmup` batches and a partial last batch are not c
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
 - macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it);
-- distance: RMS difference of the final latents to the uncached run from the same noise.
+- distance: RMS difference of the final latents to the uncached run from the same noise;
+- fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images, the cheap
+  first fidelity that lets a search stop a hopeless trial early (see `evaluate`'s gate); images:
+  how many images the evaluation sampled (its cost is images × macs).
 """
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from ebtune.core.macs import sampling_macs
+from ebtune.cache.engine import CachedModel
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
@@ -40,6 +44,18 @@ GRID_MAX_SIDE = 64
 
 class TrialError(RuntimeError):
     """A trial whose output cannot be scored (NaN or infinite samples or metrics)."""
+
+
+class TrialPruned(RuntimeError):
+    """The first fidelity showed that a trial cannot reach the front; `metrics` are its stage-1 metrics."""
+
+    def __init__(self, metrics: dict[str, float]):
+        super().__init__(f"pruned after {int(metrics['images'])} images: fid_proxy {metrics['fid_proxy']:.4g}")
+        self.metrics = metrics
+
+
+# Stage-1 metrics (fid_proxy, its error, macs, images) → whether the evaluation goes on.
+Gate = Callable[[dict[str, float]], bool]
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class Evaluator:
         self.batch = latency_batch(self.n_samples, int(metric["batch_size"]), self.warmup)
         self.seed = int(cfg["seed"])
         self.bootstrap = int(metric.get("bootstrap", 0))
+        self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
         self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
         self.ref_macs = self.macs(no_cache(self.sampler.steps, self.loaded.config.depth), self.sampler)
@@ -117,33 +134,46 @@ class Evaluator:
         """MACs per image of a whole sampling run under `schedule`."""
         return float(sampling_macs(self.loaded.config, schedule, batch=1, cfg=sampler.guidance.active))
 
-    def evaluate(self, schedule: Schedule, reference: Reference | None, sampler: Sampler | None = None) -> Outcome:
+    def evaluate(self, schedule: Schedule, reference: Reference | None, sampler: Sampler | None = None,
+                 gate: Gate | None = None) -> Outcome:
         """Sample, time and score `schedule` (see the module docstring for the metrics).
 
         Args:
             reference: the uncached run; None while evaluating that run itself (distance 0, latency
                 speedup 1).
             sampler: defaults to the search's; another step count for the fewer-steps baselines.
+            gate: multi-fidelity: once the first `metric.n_proxy` images exist, their quality
+                (fid_proxy ± error) is computed and, if `gate` says so, the evaluation stops there.
+                The proxy images are the first images of the full set, so going on costs only the rest.
 
         Raises:
-            TrialError: non-finite samples or metrics.
+            TrialError: non-finite samples or metrics. TrialPruned: the gate stopped the evaluation.
         """
         sampler = sampler or self.sampler
-        images, latents, seconds = [], [], []
-        for b, lo in enumerate(range(0, self.n_samples, self.batch)):
-            out = generate(self.loaded, sampler, schedule, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
-            images.append(out.images)
-            latents.append(out.latents.float().cpu())
-            if b >= self.warmup and len(out.labels) == self.batch:
-                seconds.append(out.seconds)
+        macs = self.macs(schedule, sampler)
+        images, latents, seconds, proxy = [], [], [], None
+        with CachedModel(self.loaded.model, schedule) as cache:  # attached once for every batch
+            for b, lo in enumerate(range(0, self.n_samples, self.batch)):
+                out = generate(self.loaded, sampler, cache, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
+                images.append(out.images)
+                latents.append(out.latents.float().cpu())
+                if b >= self.warmup and len(out.labels) == self.batch:
+                    seconds.append(out.seconds)
+                done = lo + len(out.labels)
+                if proxy is None and 0 < self.n_proxy <= done:
+                    q, q_std = self.fid.score(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
+                    proxy = {"fid_proxy": q, std_key("fid_proxy"): q_std, "macs": macs, "images": float(done)}
+                    if gate is not None and done < self.n_samples and not gate(proxy):
+                        raise TrialPruned(proxy)
         final = torch.cat(latents)
         if not torch.isfinite(final).all():
             raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
         imgs = np.concatenate(images)
         latency = statistics.median(seconds)
-        macs = self.macs(schedule, sampler)
         fid, fid_std = self.fid.score(imgs, self.bootstrap, self.seed)
         metrics = {
+            **(proxy or {}),
+            "images": float(len(imgs)),
             "fid": fid,
             std_key("fid"): fid_std,
             "macs": macs,
@@ -156,7 +186,7 @@ class Evaluator:
             from ebtune.metrics.fid import classifier_accuracy
 
             metrics["accuracy"] = classifier_accuracy(imgs, self.labels.numpy())
-        bad = [k for k, v in metrics.items() if not math.isfinite(v) and k != std_key("fid")]
+        bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.endswith("_std")]
         if bad:
             raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
         return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]))

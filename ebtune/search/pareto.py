@@ -27,6 +27,8 @@ DIRECTIONS: dict[str, str] = {
     "latency_speedup": "maximize",
     "distance": "minimize",  # RMS to the uncached final latents from the same noise
     "accuracy": "maximize",  # share classified as their label (digits only)
+    "fid_proxy": "minimize",  # the quality metric on the first metric.n_proxy images (multi-fidelity)
+    "images": "minimize",  # images sampled by the evaluation
 }
 
 

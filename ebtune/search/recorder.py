@@ -152,6 +152,21 @@ class Recorder:
             shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in self.objectives)
             self.log(f"[{self._count(front)}] {name}: {shown}  speedup {metrics['speedup']:.2f}x")
 
+    def trial_pruned(self, number: int, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Record a trial the first fidelity stopped: its stage-1 metrics on its MLflow run (KILLED)."""
+        if number not in run_ids(self.study):
+            self.trial_started(number, params)
+        self.tracker.log_trial(number, params, metrics, "PRUNED")
+        front = self.update_front()
+        self.log(f"[{self._count(front)}] {trial_name(number)} pruned after {int(metrics['images'])} images: "
+                 f"fid_proxy {metrics['fid_proxy']:.4g}  speedup {self.evaluator.ref_macs / metrics['macs']:.2f}x")
+
+    def cost(self) -> float:
+        """Sampling cost so far: images × MACs per image over every evaluation the study records."""
+        evaluated = [b["metrics"] for b in self.baselines] + [t.user_attrs["metrics"] for t in self.study.trials
+                                                               if "metrics" in t.user_attrs]
+        return float(sum(m.get("images", self.evaluator.n_samples) * m["macs"] for m in evaluated))
+
     # -- the front ---------------------------------------------------------------------------------
     def trial_records(self) -> list[dict[str, Any]]:
         """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""

@@ -105,8 +105,9 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
 
 
 def done_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that ended (complete or failed), by number; they count towards `n_trials`."""
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    """Trials that ended (complete, pruned by the first fidelity, or failed), by number; they count
+    towards `n_trials`."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 
 
 def add_run_id(study: optuna.Study, number: int, run_id: str) -> None:

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from optuna.trial import TrialState
 
+from ebtune.search.evaluator import TrialPruned
 from ebtune.search.job import Job, score, trial_error
 from ebtune.search.launchers.base import Launcher
 
@@ -22,7 +23,12 @@ class LocalLauncher(Launcher):
             params = job.space.suggest(trial)
             job.recorder.trial_started(trial.number, params)
             try:
-                outcome = score(job.evaluator, job.space, params, job.reference)
+                outcome = score(job.evaluator, job.space, params, job.reference, job.gate())
+            except TrialPruned as pruned:
+                trial.set_user_attr("metrics", pruned.metrics)
+                job.study.tell(trial, state=TrialState.PRUNED)
+                job.recorder.trial_pruned(trial.number, params, pruned.metrics)
+                continue
             except KeyboardInterrupt:
                 job.study.tell(trial, state=TrialState.FAIL)
                 job.recorder.trial_finished(trial.number, params, None, "interrupted")
