@@ -2,7 +2,7 @@
 
 Stages, in order (a module may import only its own stage and earlier ones, function-level imports
 included): errors/registry → core → cache → sampling → schedules → default → io → metrics → run →
-search, bench → cli. `ebtune/__init__.py` is the public face and may import any stage.
+search, bench, diagnostics → cli. `ebtune/__init__.py` is the public face and may import any stage.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ebtune
 
 PACKAGE = Path(ebtune.__file__).parent
 STAGES = [{"errors", "registry"}, {"core"}, {"cache"}, {"sampling"}, {"schedules"}, {"default"}, {"io"}, {"metrics"},
-          {"run"}, {"search", "bench"}, {"cli"}]
+          {"run"}, {"search", "bench", "diagnostics"}, {"cli"}]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
 
 

@@ -25,43 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ebtune.cli.config import compose, with_aliases
     from ebtune.core.macs import ideal_speedup, sampling_macs
-    from ebtune.errors import ConfigError
     from ebtune.io.grids import save_grid
-    from ebtune.run.factory import (
-        model_spec,
-        resolve_device,
-        sampler_from,
-        schedule_from,
-    )
-    from ebtune.run.generate import class_balanced_labels, generate
-    from ebtune.run.loading import load_model
+    from ebtune.run.factory import sampling_run
+    from ebtune.run.generate import generate
 
     overrides = with_aliases(args.overrides, {"--schedule": ("schedule_file", args.schedule)})
     cfg = compose(overrides)
-    if cfg["schedule_file"] and any(o.partition("=")[0].split(".")[0] in ("schedule", "eps_scale") for o in overrides):
-        raise ConfigError("schedule_file= and schedule=/eps_scale= both given; the file carries its own masks and "
-                          "ε scaling, so give one or the other")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    if int(cfg["n"]) < 1:
-        raise ConfigError(f"n must be at least 1, got {cfg['n']}")
-    spec = model_spec(cfg["model"])
-    device = resolve_device(cfg["device"])
-    loaded = load_model(spec, device)
-    sampler = sampler_from(cfg, spec)
-    if cfg["schedule_file"]:
-        from ebtune.run.apply_file import schedule_for_run
-
-        schedule, notes = schedule_for_run(cfg["schedule_file"], loaded, sampler)
-        for note in notes:
-            print(f"retarget: {note}")
-    else:
-        schedule = schedule_from(cfg, sampler, loaded, int(cfg["seed"]))
-    labels = class_balanced_labels(int(cfg["n"]), loaded.config.num_classes)
+    setup = sampling_run(cfg, overrides)
+    for note in setup.notes:
+        print(f"retarget: {note}")
+    loaded, sampler, schedule, labels, device = setup.loaded, setup.sampler, setup.schedule, setup.labels, setup.device
+    spec = loaded.spec
     out = Path(cfg["out"] or Path("outputs") / "sample" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
     out.mkdir(parents=True, exist_ok=True)
     result = generate(loaded, sampler, schedule, labels, int(cfg["seed"]), int(cfg["batch_size"]))

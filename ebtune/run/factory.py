@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from ebtune.core.schedule import Schedule
 from ebtune.errors import ConfigError
-from ebtune.run.loading import LoadedModel, ModelSpec
+from ebtune.run.loading import LoadedModel, ModelSpec, load_model
 from ebtune.sampling.samplers import Guidance, Sampler, make_sampler
 from ebtune.schedules import SCHEDULES, CalibrationProbe, ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
@@ -79,3 +80,50 @@ def schedule_from(cfg: Mapping[str, Any], sampler: Sampler, loaded: LoadedModel,
         probe = CalibrationProbe(loaded.model, sampler, initial_noise(n, loaded.config, seed + 10_000, device), labels, seed)
     with config_key("schedule"):
         return spec.build(ctx, probe)
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    """The objects a sampling command runs: the loaded model, sampler, schedule and labels.
+
+    `notes` says what fitting an exported schedule file to this run changed (empty otherwise).
+    """
+
+    loaded: LoadedModel
+    sampler: Sampler
+    schedule: Schedule
+    labels: torch.Tensor
+    device: torch.device
+    notes: tuple[str, ...] = ()
+
+
+def sampling_run(cfg: Mapping[str, Any], overrides: Sequence[str]) -> SamplingRun:
+    """A composed config (model=, steps=, sampler=, cfg_scale=, n=, seed=, device=, threads=, and
+    schedule=/eps_scale= or schedule_file=) as the objects to sample with; `overrides` are the
+    user's own `key=value` items, used to tell an explicit schedule=/eps_scale= from the defaults.
+
+    Raises:
+        ConfigError: schedule_file= together with schedule=/eps_scale=, n < 1, or a bad value.
+    """
+    if cfg["schedule_file"] and any(o.partition("=")[0].split(".")[0] in ("schedule", "eps_scale") for o in overrides):
+        raise ConfigError("schedule_file= and schedule=/eps_scale= both given; the file carries its own masks and "
+                          "ε scaling, so give one or the other")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    if int(cfg["n"]) < 1:
+        raise ConfigError(f"n must be at least 1, got {cfg['n']}")
+    spec = model_spec(cfg["model"])
+    device = resolve_device(cfg["device"])
+    loaded = load_model(spec, device)
+    sampler = sampler_from(cfg, spec)
+    notes: list[str] = []
+    if cfg["schedule_file"]:
+        from ebtune.run.apply_file import schedule_for_run
+
+        schedule, notes = schedule_for_run(cfg["schedule_file"], loaded, sampler)
+    else:
+        schedule = schedule_from(cfg, sampler, loaded, int(cfg["seed"]))
+    from ebtune.run.generate import class_balanced_labels
+
+    labels = class_balanced_labels(int(cfg["n"]), loaded.config.num_classes)
+    return SamplingRun(loaded, sampler, schedule, labels, device, tuple(notes))

@@ -133,13 +133,18 @@ class Sampler:
 
     def model_output(self, model: nn.Module, x: torch.Tensor, i: int, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided ε and the variance channels at sampling step i: (N, C, H, W) each."""
-        C = x.shape[1]
         t = torch.full((x.shape[0],), self.model_timestep(i), device=x.device, dtype=torch.long)
         if not self.guidance.active:
-            out = model(x, t, labels)
-            return out[:, :C], out[:, C:]
+            return self.guided(model(x, t, labels), x.shape[1])
         null = torch.full_like(labels, self.guidance.null_label)
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2N, C_out, H, W)
+        return self.guided(out, x.shape[1])
+
+    def guided(self, out: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided ε and variance channels from one raw model output: (N, C_out, H, W), or the doubled
+        (cond, uncond) batch (2N, C_out, H, W) when guidance is active; C is the latent channel count."""
+        if not self.guidance.active:
+            return out[:, :C], out[:, C:]
         cond, uncond = out.chunk(2)
         g = C if self.guidance.channels is None else min(self.guidance.channels, C)
         guided = uncond[:, :g] + self.guidance.scale * (cond[:, :g] - uncond[:, :g])
