@@ -50,6 +50,7 @@ def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
     from ebtune.cli.config import ConfigError, compose, with_aliases
+    from ebtune.run.factory import resolve_threads
     from ebtune.run.factory import model_spec, resolve_device, sampler_from
     from ebtune.schedules import ScheduleContext
     from ebtune.search.evaluator import latency_batch
@@ -65,6 +66,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     sampler = sampler_from(cfg, spec)
     space.check(ScheduleContext(sampler.steps, spec.config.depth, sampler.times))
     device = resolve_device(cfg["device"])
+    resolve_threads(cfg["threads"])  # a bad value fails here, before any file is written
     if int(cfg["trials"]) < 1 or int(cfg["search"]["n_trials"]) < 1:
         raise ConfigError(f"trials must be at least 1, got {cfg['search']['n_trials']}")
     metric = cfg["metric"]
@@ -109,6 +111,7 @@ def _search(plan: dict[str, Any]) -> int:
 
     from ebtune import __version__
     from ebtune.cli.config import ConfigError
+    from ebtune.run.factory import resolve_threads
     from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
     from ebtune.search.baselines import plan as baseline_plan
     from ebtune.search.evaluator import Evaluator, Reference
@@ -124,7 +127,7 @@ def _search(plan: dict[str, Any]) -> int:
     cfg, space, name, folder, objectives = plan["cfg"], plan["space"], plan["name"], plan["folder"], plan["objectives"]
     constraints, device = plan["constraints"], plan["device"]
     if device.type == "cpu":
-        torch.set_num_threads(int(cfg["threads"]))
+        torch.set_num_threads(resolve_threads(cfg["threads"]))
     evaluator = Evaluator(cfg, device)
     eps_form = space.reference_eps_form()
     names = baseline_names(evaluator, eps_form)

@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from ebtune.errors import ConfigError
+from ebtune.run.factory import resolve_threads
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.job import Job, score
 from ebtune.search.launchers.base import Launcher
@@ -122,7 +123,8 @@ class RayLauncher(Launcher):
 
     def __init__(self, cfg: Mapping[str, Any], folder: Path):
         self.cfg, self.folder = dict(cfg["ray"]), folder
-        self.threads, self.device = int(cfg["threads"]), str(cfg["device"])
+        self.threads = resolve_threads(cfg["threads"], per_process=int(math.ceil(float(self.cfg["cpus_per_trial"]))))
+        self.device = str(cfg["device"])
 
     def _init(self) -> Path | None:
         import ray
