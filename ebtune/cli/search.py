@@ -228,7 +228,8 @@ def _summary(front: list[dict], baselines: list[dict], objectives: list[str], co
               + f"  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s  -> {point['schedule_file']}")
     for base in baselines:
         rel = {p["name"]: relation(p["metrics"], base["metrics"], objectives, NOISE_Z) for p in front}
-        parts = [f"{kind} {', '.join(n for n, r in rel.items() if r == kind)}" for kind in ("dominated by", "tie with")
-                 if any(r == {"dominated by": "dominates", "tie with": "tie"}[kind] for r in rel.values())]
+        kinds = [k for k in ("dominates", "matches at lower cost", "tie", "trade-off", "matched at higher cost", "dominated")
+                 if k in rel.values()]
+        said = "; ".join(f"{k}: {', '.join(n for n, r in rel.items() if r == k)}" for k in kinds) or "no front point"
         print(f"  baseline {base['name']} ({_fmt(base['metrics'], objectives[0])}, speedup "
-              f"{base['metrics']['speedup']:.2f}x): " + ("; ".join(parts) if parts else "not dominated by any front point"))
+              f"{base['metrics']['speedup']:.2f}x) <- {said}")

@@ -18,7 +18,6 @@ schedule best; this score is monotone in noise, blur, fewer steps and FORA's int
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
-from ebtune.metrics.fid import FIDEvaluator, Statistics, _moments, check_images, frechet_distance
+from ebtune.metrics.fid import FIDEvaluator, Statistics, _moments, bootstrap_draws, check_images, frechet_distance
 
 DIGIT_UNITS = 16.0 / 255.0  # uint8 → scikit-learn digit units (0..16)
 NATIVE = 8
@@ -83,19 +82,11 @@ class DigitsNativeFD(FIDEvaluator):
 
     def fid(self, images: np.ndarray) -> float:
         return self.score(images)[0]
-
-    def score(self, images: np.ndarray, bootstrap: int = 0, seed: int = 0) -> tuple[float, float]:
-        """(score, its bootstrap standard error): both terms resampled with the same images."""
+    def score_draws(self, images: np.ndarray, bootstrap: int, seed: int) -> tuple[float, np.ndarray]:
+        """Both terms on the same resampled images (see `FIDEvaluator.score_draws`)."""
         reference = self.reference_statistics()
-        feats, energy = torch.from_numpy(self.features(images)), off_range_energy(images)
+        feats, energy = torch.from_numpy(self.features(images)), torch.from_numpy(off_range_energy(images))
         if len(feats) < 2:
             raise ValueError(f"digits-native needs at least 2 images to estimate a covariance, got {len(feats)}")
-        value = frechet_distance(_moments(feats), reference) + float(energy.mean())
-        if bootstrap < 2:
-            return value, math.nan
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(feats), len(feats))
-            draws.append(frechet_distance(_moments(feats[torch.from_numpy(idx)]), reference) + float(energy[idx].mean()))
-        return value, float(np.std(draws, ddof=1))
+        return bootstrap_draws(len(feats), bootstrap, seed,
+                               lambda idx: frechet_distance(_moments(feats[idx]), reference) + float(energy[idx].mean()))

@@ -169,17 +169,27 @@ class FIDEvaluator(ABC):
         The bootstrap measures how much the number moves with the particular images drawn, which
         is what decides whether two schedules differ; it does not remove FID's small-sample bias.
         """
+        value, draws = self.score_draws(images, bootstrap, seed)
+        return value, float(np.std(draws, ddof=1)) if len(draws) > 1 else math.nan
+
+    def score_draws(self, images: np.ndarray, bootstrap: int, seed: int) -> tuple[float, np.ndarray]:
+        """(FID, the FIDs of `bootstrap` resamples). The resampled image indices depend only on
+        (seed, number of images), so two sets sampled from the same seeds get the same resamples:
+        the differences of their draws give a paired error, far tighter than two independent ones."""
         reference = self.reference_statistics()
         feats = torch.from_numpy(self.features(check_images(images))).double()
         if len(feats) < 2:
             raise ValueError(f"FID needs at least 2 images to estimate a covariance, got {len(feats)}")
-        value = frechet_distance(_moments(feats), reference)
-        if bootstrap < 2:
-            return value, math.nan
-        rng = np.random.default_rng(seed)
-        draws = [frechet_distance(_moments(feats[torch.from_numpy(rng.integers(0, len(feats), len(feats)))]), reference)
-                 for _ in range(bootstrap)]
-        return value, float(np.std(draws, ddof=1))
+        return bootstrap_draws(len(feats), bootstrap, seed, lambda idx: frechet_distance(_moments(feats[idx]), reference))
+
+
+def bootstrap_draws(n: int, bootstrap: int, seed: int, statistic) -> tuple[float, np.ndarray]:
+    """(statistic on all n items, the statistic on `bootstrap` resamples with replacement);
+    `statistic` takes a LongTensor of item indices."""
+    value = statistic(torch.arange(n))
+    rng = np.random.default_rng(seed)
+    draws = [statistic(torch.from_numpy(rng.integers(0, n, n))) for _ in range(max(bootstrap, 0))]
+    return value, np.asarray(draws, dtype=np.float64)
 
 
 def _moments(features: torch.Tensor) -> Statistics:

@@ -54,8 +54,9 @@ class TrialPruned(RuntimeError):
         self.metrics = metrics
 
 
-# Stage-1 metrics (fid_proxy, its error, macs, images) → whether the evaluation goes on.
-Gate = Callable[[dict[str, float]], bool]
+# Stage-1 metrics (fid_proxy, its error, macs, images) and the proxy's bootstrap draws → whether
+# the evaluation goes on.
+Gate = Callable[[dict[str, float], list[float]], bool]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Outcome:
     metrics: dict[str, float]
     latents: np.ndarray
     grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
+    proxy_draws: tuple[float, ...] = ()  # fid_proxy on the bootstrap resamples, paired across evaluations
 
 
 def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
@@ -151,7 +153,7 @@ class Evaluator:
         """
         sampler = sampler or self.sampler
         macs = self.macs(schedule, sampler)
-        images, latents, seconds, proxy = [], [], [], None
+        images, latents, seconds, proxy, proxy_draws = [], [], [], None, ()
         with CachedModel(self.loaded.model, schedule) as cache:  # attached once for every batch
             for b, lo in enumerate(range(0, self.n_samples, self.batch)):
                 out = generate(self.loaded, sampler, cache, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
@@ -161,9 +163,11 @@ class Evaluator:
                     seconds.append(out.seconds)
                 done = lo + len(out.labels)
                 if proxy is None and 0 < self.n_proxy <= done:
-                    q, q_std = self.fid.score(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
+                    q, draws = self.fid.score_draws(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
+                    proxy_draws = tuple(float(d) for d in draws)
+                    q_std = float(np.std(draws, ddof=1)) if len(draws) > 1 else math.nan
                     proxy = {"fid_proxy": q, std_key("fid_proxy"): q_std, "macs": macs, "images": float(done)}
-                    if gate is not None and done < self.n_samples and not gate(proxy):
+                    if gate is not None and done < self.n_samples and not gate(proxy, list(proxy_draws)):
                         raise TrialPruned(proxy)
         final = torch.cat(latents)
         if not torch.isfinite(final).all():
@@ -189,7 +193,7 @@ class Evaluator:
         bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.endswith("_std")]
         if bad:
             raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
-        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]))
+        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), proxy_draws)
 
     def provenance(self) -> dict[str, Any]:
         """How the metrics were measured, for schedule files and the MLflow parent run."""

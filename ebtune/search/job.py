@@ -5,11 +5,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference
-from ebtune.search.pareto import NOISE_Z, compare
+from ebtune.search.pareto import NOISE_Z
 from ebtune.search.recorder import Recorder
 from ebtune.search.space import SearchSpace
 
@@ -38,14 +40,25 @@ class Job:
     def gate(self) -> Gate:
         """The multi-fidelity rule: stop a trial after its first `metric.n_proxy` images when an
         evaluated point that costs no more (a baseline or a finished trial) is better on fid_proxy
-        beyond NOISE_Z standard errors: the trial cannot then reach the front (the full set only
-        narrows the error). The proxy is the quality metric itself on fewer images, not the distance
-        to the uncached output: ε scaling moves samples away from the uncached ones while improving them."""
-        known = [b["metrics"] for b in self.recorder.baselines] + [r["metrics"] for r in self.recorder.trial_records()]
-        known = [m for m in known if "fid_proxy" in m]
+        beyond NOISE_Z paired standard errors: the trial cannot then reach the front. Every
+        evaluation draws the same images' seeds and the same bootstrap resamples, so the error of a
+        difference is the spread of the paired draws' differences, which cancels the small-sample
+        bias and most of the noise both share. The proxy is the quality metric itself on fewer
+        images, not the distance to the uncached output: ε scaling moves samples away from the
+        uncached ones while improving them."""
+        known = [(b["metrics"], b.get("proxy_draws", [])) for b in self.recorder.baselines]
+        known += [(t.user_attrs["metrics"], t.user_attrs.get("proxy_draws", [])) for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+        known = [(m, np.asarray(d)) for m, d in known if "fid_proxy" in m and len(d) > 1]
 
-        def keep(proxy: dict[str, float]) -> bool:
-            return not any(m["macs"] <= proxy["macs"] and compare(m, proxy, "fid_proxy", NOISE_Z) < 0 for m in known)
+        def keep(proxy: dict[str, float], draws: list[float]) -> bool:
+            mine = np.asarray(draws)
+            for metrics, theirs in known:
+                if metrics["macs"] <= proxy["macs"] and len(theirs) == len(mine):
+                    diff = theirs - mine  # < 0: the known point is better
+                    if metrics["fid_proxy"] - proxy["fid_proxy"] < -NOISE_Z * float(np.std(diff, ddof=1)):
+                        return False
+            return True
 
         return keep
 

@@ -50,6 +50,16 @@ def std_key(metric: str) -> str:
     return f"{metric}_std"
 
 
+def _std(metrics: Metrics, metric: str) -> float:
+    value = metrics.get(std_key(metric))
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+def is_measured(a: Metrics, b: Metrics, metric: str) -> bool:
+    """True when either point carries a standard error for `metric` (a sampled quality metric)."""
+    return _std(a, metric) > 0 or _std(b, metric) > 0
+
+
 def compare(a: Metrics, b: Metrics, metric: str, z: float = 0.0) -> int:
     """-1 when `a` is better than `b` on `metric`, +1 when worse, 0 for a tie.
 
@@ -58,28 +68,46 @@ def compare(a: Metrics, b: Metrics, metric: str, z: float = 0.0) -> int:
     (MACs, speedup) are exact.
     """
     diff = _cost(a, metric) - _cost(b, metric)
-    sa, sb = float(a.get(std_key(metric), 0.0) or 0.0), float(b.get(std_key(metric), 0.0) or 0.0)
-    margin = z * math.sqrt(sa * sa + sb * sb)
+    margin = z * math.hypot(_std(a, metric), _std(b, metric))
     return -1 if diff < -margin else 1 if diff > margin else 0
 
 
 def dominates(a: Metrics, b: Metrics, objectives: Sequence[str], z: float = 0.0) -> bool:
-    """True when `a` is no worse than `b` on every objective and better on one (see `compare`:
-    with z > 0 both "worse" and "better" mean beyond the metrics' noise)."""
-    signs = [compare(a, b, m, z) for m in objectives]
-    return all(s <= 0 for s in signs) and any(s < 0 for s in signs)
+    """True when `a` dominates `b`.
+
+    z = 0: the classic rule, no worse on every objective and strictly better on one. z > 0, beyond
+    noise: better than `b` beyond z standard errors on every measured objective (the quality
+    metric) and no worse on the exact ones (MACs). A quality tie is not a win: a cheaper point whose
+    quality is within noise *matches* `b` (see `relation`), and keeping ties out of dominance keeps
+    it transitive, so a front never collapses onto its cheapest point through a chain of ties.
+    """
+    if z <= 0:
+        signs = [compare(a, b, m) for m in objectives]
+        return all(s <= 0 for s in signs) and any(s < 0 for s in signs)
+    measured = [m for m in objectives if is_measured(a, b, m)]
+    exact = [m for m in objectives if m not in measured]
+    if not measured:
+        return dominates(a, b, objectives)
+    return all(compare(a, b, m, z) < 0 for m in measured) and all(compare(a, b, m) <= 0 for m in exact)
 
 
 def relation(a: Metrics, b: Metrics, objectives: Sequence[str], z: float) -> str:
-    """How `a` stands against `b`: "dominates", "dominated", "tie" (no objective differs beyond
-    noise) or "trade-off" (each is better on something)."""
-    signs = [compare(a, b, m, z) for m in objectives]
-    if all(s == 0 for s in signs):
-        return "tie"
-    if all(s <= 0 for s in signs):
+    """How `a` stands against `b`, beyond noise (z standard errors) on the measured objectives:
+    "dominates" / "dominated" (see `dominates`), "matches at lower cost" / "matched at higher cost"
+    (quality within noise, exact objectives one way), "tie", or "trade-off"."""
+    if dominates(a, b, objectives, z):
         return "dominates"
-    if all(s >= 0 for s in signs):
+    if dominates(b, a, objectives, z):
         return "dominated"
+    measured = [m for m in objectives if is_measured(a, b, m)]
+    if all(compare(a, b, m, z) == 0 for m in measured):
+        exact = [compare(a, b, m) for m in objectives if m not in measured]
+        if all(s == 0 for s in exact):
+            return "tie"
+        if all(s <= 0 for s in exact):
+            return "matches at lower cost"
+        if all(s >= 0 for s in exact):
+            return "matched at higher cost"
     return "trade-off"
 
 

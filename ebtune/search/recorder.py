@@ -113,7 +113,8 @@ class Recorder:
         rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics,
                          self.tracker.parent_run_id)
         self.baselines = [b for b in self.baselines if b["name"] != base.name]
-        self.baselines.append({"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel})
+        self.baselines.append({"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
+                               "proxy_draws": list(outcome.proxy_draws)})
         self.study.set_user_attr("baselines", self.baselines)
         m = outcome.metrics
         self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
@@ -202,10 +203,11 @@ class Recorder:
     def current_baselines(self) -> list[dict[str, Any]]:
         """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
         confirmed = self.confirmation
+        shown = [{k: v for k, v in b.items() if k != "proxy_draws"} for b in self.baselines]  # the gate's, not a result
         if not confirmed:
-            return self.baselines
+            return shown
         return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
-                for b in self.baselines if b["name"] in confirmed["baselines"]]
+                for b in shown if b["name"] in confirmed["baselines"]]
 
     def front(self) -> list[dict[str, Any]]:
         """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and

@@ -37,5 +37,6 @@ class LocalLauncher(Launcher):
                 job.study.tell(trial, state=TrialState.FAIL)
                 job.recorder.trial_finished(trial.number, params, None, trial_error(exc))
                 continue
+            trial.set_user_attr("proxy_draws", list(outcome.proxy_draws))
             job.study.tell(trial, job.values(trial, outcome.metrics))
             job.recorder.trial_finished(trial.number, params, outcome.metrics, grid=outcome.grid)

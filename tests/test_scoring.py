@@ -1,0 +1,82 @@
+"""The quality objective and how results are judged: digits-native sees noise, differences count
+only beyond noise, ties never chain into dominance, and the first fidelity can stop a trial."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from ebtune.core.uint8 import to_uint8
+from ebtune.default import data
+from ebtune.metrics.digits_native import off_range_energy
+from ebtune.metrics.fid import make_fid
+from ebtune.search.pareto import NOISE_Z, dominates, non_dominated, relation
+
+from .conftest import TINY_SEARCH
+
+
+@pytest.fixture(scope="module")
+def real_test():
+    return to_uint8(data.load_digits_split()[2])
+
+
+def _noised(images: np.ndarray, sigma: float) -> np.ndarray:
+    noise = np.random.default_rng(0).normal(0, sigma, images.shape)
+    return np.clip(images + noise, 0, 255).astype(np.uint8)
+
+
+def test_digits_native_gets_worse_with_every_step_of_added_noise(real_test):
+    evaluator = make_fid("digits-native")
+    scores = [evaluator.fid(_noised(real_test, s)) for s in (0, 2, 4, 8, 16)]
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+
+
+def test_real_digits_lie_in_the_upsampling_range(real_test):
+    assert off_range_energy(real_test).mean() < 0.01 * off_range_energy(_noised(real_test, 8)).mean()
+
+
+def test_bootstrap_error_shrinks_with_more_images(real_test):
+    evaluator = make_fid("digits-native")
+    _, small = evaluator.score(real_test[:90], bootstrap=30)
+    _, large = evaluator.score(real_test, bootstrap=30)
+    assert 0 < large < small
+
+
+def test_differences_within_noise_are_ties_not_dominance():
+    a = {"fid": 10.0, "fid_std": 1.0, "macs": 1.0}
+    b = {"fid": 11.0, "fid_std": 1.0, "macs": 2.0}
+    assert dominates(a, b, ["fid", "macs"])  # the classic rule on point estimates
+    assert not dominates(a, b, ["fid", "macs"], NOISE_Z)
+    assert relation(a, b, ["fid", "macs"], NOISE_Z) == "matches at lower cost"
+    c = {"fid": 20.0, "fid_std": 1.0, "macs": 2.0}
+    assert relation(a, c, ["fid", "macs"], NOISE_Z) == "dominates"
+    assert relation(c, a, ["fid", "macs"], NOISE_Z) == "dominated"
+
+
+def test_a_chain_of_ties_does_not_collapse_the_front():
+    # Each point ties its cheaper neighbour, but the first and the last differ beyond noise.
+    points = [{"fid": 10.0 + 3 * i, "fid_std": 1.0, "macs": 10.0 - i} for i in range(5)]
+    front = non_dominated(points, ["fid", "macs"], NOISE_Z)
+    assert front == [0, 1, 2, 3, 4]
+
+
+def test_search_confirms_on_fresh_images_and_judges_eps_fair_baselines(ebtune, tmp_path):
+    run = tmp_path / "run"
+    assert ebtune("search", *TINY_SEARCH, "launcher=local", "trials=2", "search.confirm_n=30", f"out={run}", "name=c") == 0
+    pareto = json.loads((run / "pareto.json").read_text())
+    names = [b["name"] for b in pareto["baselines"]]
+    assert "nocache+constant" in names and any(n.startswith("ddpm-") and n.endswith("+constant") for n in names)
+    assert pareto["confirmed"]["n_samples"] == 30 and pareto["confirmed"]["seed"] != 0
+    for entry in pareto["baselines"] + pareto["points"]:
+        assert entry["metrics"]["images"] == 30 and entry["search_metrics"]["images"] == 20
+        assert entry["metrics"]["macs"] == entry["search_metrics"]["macs"]
+        assert entry["metrics"]["fid_std"] > 0
+    for point in pareto["points"]:
+        assert set(point["relations"]) == set(names)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs(client.search_experiments()[0].experiment_id, "tags.pareto_optimal = 'true'")
+    assert {int(r.data.tags["ebtune.trial"]) for r in runs} == {p["number"] for p in pareto["points"]}
+    assert all(r.data.metrics["confirmed.fid"] == pytest.approx(
+        next(p for p in pareto["points"] if p["number"] == int(r.data.tags["ebtune.trial"]))["metrics"]["fid"]) for r in runs)
