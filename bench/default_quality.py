@@ -3,7 +3,9 @@
     .venv/bin/python bench/default_quality.py [--n 1000] [--grid docs/dit-tiny-grid.png] [--json FILE]
 
 Reports the classifier's held-out accuracy on real digits, the share of uncached 50-step samples
-classified as their conditioning label, and digits-FID (against the train split's statistics) for:
+classified as their conditioning label, and two quality numbers (against the train split): the
+classifier's FD (`digits`) and dit-tiny's search objective (`digits-native`, with its bootstrap
+standard error), for:
 the real test split, uncached 50 and 10 steps, FORA(4) at 50 steps, and an untrained model; all on
 the same seeds and class-balanced labels. Also writes a grid with one row per class.
 """
@@ -35,11 +37,12 @@ def main() -> None:
     p.add_argument("--grid", default="docs/dit-tiny-grid.png")
     p.add_argument("--json")
     a = p.parse_args()
-    fid = make_fid("digits")
+    fid, native = make_fid("digits"), make_fid("digits-native")
     _, _, x_test, y_test = data.load_digits_split()
     clf_acc = clf.accuracy(clf.load_classifier(), clf.from_uint8(quantize(x_test)), y_test)
     real = to_uint8(x_test)
-    rows = {"real test split": {"fid": fid.fid(real), "accuracy": classifier_accuracy(real, y_test.numpy())}}
+    rows = {"real test split": {"fid": fid.fid(real), "native": native.score(real, 50),
+                                "accuracy": classifier_accuracy(real, y_test.numpy())}}
     labels = class_balanced_labels(a.n, 10)
     for name, steps, sched, untrained in [("uncached 50 steps", 50, None, False), ("uncached 10 steps", 10, None, False),
                                            ("FORA(4) 50 steps", 50, "fora4", False), ("untrained model", 50, None, True)]:
@@ -50,20 +53,21 @@ def main() -> None:
         schedule = fora(ScheduleContext(steps, loaded.config.depth, sampler.times), 4) if sched else None
         start = time.perf_counter()
         out = generate(loaded, sampler, schedule, labels, seed=a.seed)
-        rows[name] = {"fid": fid.fid(out.images), "accuracy": classifier_accuracy(out.images, out.labels),
+        rows[name] = {"fid": fid.fid(out.images), "native": native.score(out.images, 50), "accuracy": classifier_accuracy(out.images, out.labels),
                       "seconds": time.perf_counter() - start, "sampler": cfg["sampler"]["name"], "cfg_scale": sampler.guidance.scale}
         if name == "uncached 50 steps" and a.grid:
             order = np.argsort(out.labels[:100], kind="stable")  # one row per class
             save_grid(out.images[:100][order], a.grid, ncol=10)
     print(f"classifier held-out accuracy on real digits: {clf_acc:.4f} ({len(y_test)} images)")
-    print(f"{'set':<20}{'digits-FID':>12}{'accuracy':>10}{'seconds':>9}")
+    print(f"{'set':<20}{'digits-FID':>12}{'digits-native':>18}{'accuracy':>10}{'seconds':>9}")
     for name, r in rows.items():
-        print(f"{name:<20}{r['fid']:>12.3f}{r['accuracy']:>10.3f}{r.get('seconds', float('nan')):>9.1f}")
-    f = {k: r["fid"] for k, r in rows.items()}
+        print(f"{name:<20}{r['fid']:>12.3f}{r['native'][0]:>11.2f} ± {r['native'][1]:<4.2f}{r['accuracy']:>10.3f}"
+              f"{r.get('seconds', float('nan')):>9.1f}")
+    f = {k: r["native"][0] for k, r in rows.items()}
     order_ok = (f["real test split"] < f["uncached 50 steps"] < f["uncached 10 steps"]
                 and f["uncached 50 steps"] < f["FORA(4) 50 steps"] < f["untrained model"]
                 and f["uncached 10 steps"] < f["untrained model"])
-    print(f"FID ordering real < 50 < 10 and 50 < FORA(4) < untrained: {'yes' if order_ok else 'NO'}")
+    print(f"digits-native ordering real < 50 < 10 and 50 < FORA(4) < untrained: {'yes' if order_ok else 'NO'}")
     print(f"bars: classifier >= 0.97: {clf_acc >= 0.97}; uncached-50 accuracy >= 0.90: {rows['uncached 50 steps']['accuracy'] >= 0.90}")
     if a.json:
         with open(a.json, "w") as fh:
