@@ -82,3 +82,13 @@ def test_guidance_on_first_channels_only(small_dit):
     torch.testing.assert_close(eps[:, :3], uncond[:, :3] + 4.0 * (cond[:, :3] - uncond[:, :3]), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(eps[:, 3:], cond[:, 3:4], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var, cond[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def test_coefficient_tables_are_built_once_per_device():
+    d = GaussianDiffusion.respaced(10)
+    x, t = torch.zeros(2, 1, 2, 2), torch.tensor([0, 9])
+    first = d._at("log_betas", t, x)
+    tables = d._tables[x.device]
+    d._at("posterior_mean_coef1", t, x)
+    assert d._tables[x.device] is tables and len(d._tables) == 1
+    assert torch.equal(first.flatten(), torch.from_numpy(np.log(d.betas)[[0, 9]]).float())

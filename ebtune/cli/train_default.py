@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ebtune.cli.config import settings, with_aliases
+    from ebtune.cli.config import with_aliases
+    from ebtune.run.overrides import settings
     from ebtune.default.classifier import WEIGHTS_DIR, build_shipped_files
     from ebtune.default.train import TrainConfig, save_weights, train_dit
 
