@@ -69,5 +69,8 @@ def test_inductor_matches_eager_within_float32_tolerance(small_dit):
     torch._dynamo.reset()
     fast = _fast_samples(small_dit, "inductor", runs=2)
     expected = _eager_samples(small_dit)
+    # Inductor fuses and reorders float32 reductions; over 6 steps of 3 blocks the last-bit differences
+    # reach ~5e-5 absolute. Caching itself moves these samples (mean |x| ~140) by up to ~1.8, so a
+    # wrong variant cannot hide inside this tolerance.
     for f in fast:
-        torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-4)
