@@ -99,3 +99,13 @@ def test_respacing_matches_dit_for_every_step_count():
     mismatched = [K for K in range(1, 1001) if space_timesteps(1000, K) != _dit_respacing(1000, K)]
     assert mismatched == []
     assert space_timesteps(1000, 35) != sorted({round(i * 999 / 34) for i in range(35)})  # a .5 tie case
+
+
+def test_coefficient_tables_are_built_once_per_device():
+    d = GaussianDiffusion.respaced(10)
+    x, t = torch.zeros(2, 1, 2, 2), torch.tensor([0, 9])
+    first = d._at("log_betas", t, x)
+    tables = d._tables[x.device]
+    d._at("posterior_mean_coef1", t, x)
+    assert d._tables[x.device] is tables and len(d._tables) == 1
+    assert torch.equal(first.flatten(), torch.from_numpy(np.log(d.betas)[[0, 9]]).float())

@@ -1,45 +1,51 @@
 """Latency of cached sampling versus no cache, measured in one run (torch only, CPU or GPU).
 
-    python -m ebtune.bench --model DiT-XL/2 --steps 50 --batch 32 --dtype bf16 --device cuda [--compile]
-    python -m ebtune.bench --model tiny --steps 50 --batch 256
-
 Random weights (the cost does not depend on them; adaLN-Zero gates are randomised so nothing is
-trivially zero). Each schedule: warm-up runs, then the median of `--repeats` timed sampling runs,
-synchronised on GPU; reported as seconds and as speedup over no cache next to the MAC-ideal one.
+trivially zero). Each schedule: warm-up runs, then the median of `repeats` timed sampling runs,
+interleaved across schedules and synchronised on GPU. Two ideals stand next to each speedup: the MAC
+ideal (`ebtune.core.macs.ideal_speedup`) and the time ideal, predicted from measured per-branch costs
+(one step uncached, one with every attention reused, one with every MLP reused; see `BranchCosts`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from ebtune.core.dit import DiT
+from ebtune.bench.memory import METHODS, peak_bytes, reset_peak
+from ebtune.bench.settings import FILE_PREFIX
+from ebtune.cache.engine import CachedModel
+from ebtune.cache.fast import FastPath
+from ebtune.core.dit import DiT, DiTConfig
 from ebtune.core.macs import ideal_speedup
 from ebtune.core.schedule import Schedule, no_cache
-from ebtune.run.loading import ARCHITECTURES
-from ebtune.sampling.samplers import Guidance, make_sampler
+from ebtune.run.apply_file import fit_schedule_file
+from ebtune.sampling.samplers import Guidance, Sampler, make_sampler
 from ebtune.schedules import ScheduleContext, make_schedule
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-CASES = [
-    ("none", {}),
-    ("attn/2", {"attn": 2, "mlp": 1}),
-    ("mlp/2", {"attn": 1, "mlp": 2}),
-    ("both/2", {"attn": 2, "mlp": 2}),
-    ("attn/3+mlp/2", {"attn": 3, "mlp": 2}),
-]
+# Bench schedule name -> (family, params); `file:PATH` entries are exported schedule files.
+CASES: dict[str, tuple[str, dict]] = {
+    "none": ("none", {}),
+    "attn-only": ("intervals", {"attn": 2, "mlp": 1}),
+    "mlp-only": ("intervals", {"attn": 1, "mlp": 2}),
+    "fora2": ("fora", {"interval": 2}),
+    "fora3": ("fora", {"interval": 3}),
+    "ebcache-table": ("ebcache-table", {}),
+}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _interleaved_medians(fns: list, repeats: int, warmup: int, device: torch.device) -> list[float]:
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: int, device: torch.device) -> list[float]:
     """Median wall time of each fn; rounds run every fn once, so drifting machine load hits all alike."""
     for fn in fns:
         for _ in range(warmup):
@@ -47,70 +53,142 @@ def _interleaved_medians(fns: list, repeats: int, warmup: int, device: torch.dev
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
-def run(model_name: str, image_size: int, steps: int, batch: int, dtype: str, device: str, compile_blocks: bool,
-        repeats: int, warmup: int, cfg_scale: float) -> list[dict]:
-    dev = torch.device(device)
-    config = ARCHITECTURES[model_name](image_size)
+def random_model(config: DiTConfig, device: torch.device, dtype: torch.dtype) -> DiT:
+    """A DiT of `config` with random weights and non-zero adaLN gates, ready to sample."""
     torch.manual_seed(0)
     model = DiT(config)
     with torch.no_grad():
         for block in model.blocks:
             block.adaLN_modulation[-1].weight.normal_(0, 0.02)
-    model = model.to(dev, DTYPES[dtype]).eval().requires_grad_(False)
-    if compile_blocks:
-        # Compile the branch modules, not the cache wrapper: the per-step decisions stay in Python and
-        # every block keeps one compiled graph per branch whatever the schedule.
-        for block in model.blocks:
-            block.attn.compile()
-            block.mlp.compile()
-    sampler = make_sampler("ddim", steps, Guidance(cfg_scale, config.num_classes))
-    ctx = ScheduleContext(steps, config.depth, sampler.times)
-    noise = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=dev, dtype=DTYPES[dtype])
-    labels = torch.arange(batch, device=dev) % config.num_classes
-    schedules: list[Schedule] = [
-        no_cache(steps, config.depth) if not params else make_schedule("intervals", ctx, **params) for _, params in CASES
-    ]
-    fns = [lambda s=s: sampler.sample(model, noise, labels, s) for s in schedules]
-    seconds = _interleaved_medians(fns, repeats, warmup, dev)
-    return [
-        {"schedule": name, "seconds": round(sec, 4), "speedup": round(seconds[0] / sec, 3), "ideal": round(ideal_speedup(config, s), 3)}
-        for (name, _), s, sec in zip(CASES, schedules, seconds)
-    ]
+    return model.to(device, dtype).eval().requires_grad_(False)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m ebtune.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", choices=sorted(ARCHITECTURES))
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block's attention and MLP")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    a = p.parse_args(argv)
-    rows = run(a.model, a.image_size, a.steps, a.batch, a.dtype, a.device, a.compile, a.repeats, a.warmup, a.cfg_scale)
-    dev_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu x{torch.get_num_threads()} threads"
-    print(f"{a.model} {a.image_size}px, {a.steps} steps DDIM, batch {a.batch}, cfg {a.cfg_scale}, {a.dtype}, {dev_name}"
-          f"{', compiled' if a.compile else ''}")
-    print(f"{'schedule':<14}{'seconds':>10}{'speedup':>10}{'MAC-ideal':>11}")
-    for r in rows:
-        print(f"{r['schedule']:<14}{r['seconds']:>10.3f}{r['speedup']:>9.2f}x{r['ideal']:>10.2f}x")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "device": dev_name, "rows": rows}, f, indent=2)
+def bench_schedule(name: str, model_name: str, config: DiTConfig, sampler: Sampler) -> Schedule:
+    """The schedule a bench name stands for, built for this sampler and model."""
+    if name.startswith(FILE_PREFIX):
+        return fit_schedule_file(name[len(FILE_PREFIX):], model_name, config.depth, sampler)[0]
+    family, params = CASES[name]
+    return make_schedule(family, ScheduleContext(sampler.steps, config.depth, sampler.times), **params)
 
 
-if __name__ == "__main__":
-    main()
+@dataclass(frozen=True)
+class BranchCosts:
+    """Seconds of one sampling step: the part no cache skips, and one block's attention and MLP.
+
+    From three measured steps: t_full (all computed), t_attn (every attention reused) and t_mlp
+    (every MLP reused): attn = (t_full − t_attn)/depth, mlp = (t_full − t_mlp)/depth,
+    fixed = t_full − depth·(attn + mlp).
+    """
+
+    fixed: float
+    attn: float
+    mlp: float
+
+    @classmethod
+    def from_steps(cls, t_full: float, t_attn: float, t_mlp: float, depth: int) -> "BranchCosts":
+        attn, mlp = (t_full - t_attn) / depth, (t_full - t_mlp) / depth
+        return cls(fixed=t_full - depth * (attn + mlp), attn=attn, mlp=mlp)
+
+    def seconds(self, schedule: Schedule) -> float:
+        """Predicted sampling time of `schedule`: every step's fixed part plus the branches it computes."""
+        computed_attn, computed_mlp = sum(map(sum, schedule.attn)), sum(map(sum, schedule.mlp))
+        return schedule.steps * self.fixed + computed_attn * self.attn + computed_mlp * self.mlp
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One measured configuration: the model, sampler, inputs and the optional fast path."""
+
+    model: DiT
+    sampler: Sampler
+    noise: torch.Tensor
+    labels: torch.Tensor
+    fast: FastPath | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.noise.device
+
+    def attach(self, stack: ExitStack, schedule: Schedule) -> CachedModel:
+        """Attach a cache for `schedule` (and the fast path over it) to `stack`."""
+        cache = stack.enter_context(CachedModel(self.model, schedule))
+        if self.fast is not None:
+            stack.enter_context(self.fast.attach(cache))
+        return cache
+
+    def run(self, schedule: Schedule | None) -> torch.Tensor:
+        """One sampling run; `None` samples the bare model (eager only: the fast path needs a cache)."""
+        with ExitStack() as stack:
+            if schedule is None:
+                return self.sampler.sample(self.model, self.noise, self.labels)
+            return self.sampler.sample(self.model, self.noise, self.labels, self.attach(stack, schedule))
+
+    def branch_costs(self, repeats: int, warmup: int) -> BranchCosts:
+        """Time step 0 uncached, with every attention reused, with every MLP reused (see `BranchCosts`)."""
+        depth = self.model.config.depth
+        with ExitStack() as stack, torch.no_grad():
+            cache = self.attach(stack, no_cache(self.sampler.steps, depth))
+
+            def step(state: tuple[bool, bool]) -> Callable[[], object]:
+                def fn() -> object:
+                    cache.set_step(0, state)
+                    return self.sampler.model_output(self.model, self.noise, 0, self.labels)
+                return fn
+
+            step((True, True))()  # fills the cache, so the reuse states have tensors to reuse
+            step((False, False))()  # the fourth fast-path variant, compiled before any timed run
+            t_full, t_attn, t_mlp = interleaved_medians(
+                [step((True, True)), step((False, True)), step((True, False))], repeats, warmup, self.device)
+        return BranchCosts.from_steps(t_full, t_attn, t_mlp, depth)
+
+
+def make_setup(config: DiTConfig, steps: int, batch: int, guidance: Guidance, device: torch.device,
+               dtype: torch.dtype, fast: FastPath | None) -> Setup:
+    model = random_model(config, device, dtype)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn(batch, config.in_channels, config.input_size, config.input_size, generator=generator)
+    labels = torch.arange(batch) % config.num_classes
+    return Setup(model, make_sampler("ddim", steps, guidance), noise.to(device, dtype), labels.to(device), fast)
+
+
+def cache_bytes(config: DiTConfig, model_batch: int, dtype: torch.dtype) -> int:
+    """Bytes of a full cache: 2 branches × blocks × model batch × tokens × hidden × element size."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.depth * model_batch * config.num_patches * config.hidden_size * itemsize
+
+
+def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: int, warmup: int) -> list[dict]:
+    """Rows of seconds, speedups, ideals, efficiencies and peak memory, one per schedule (names[0] is none)."""
+    config, dev = setup.model.config, setup.device
+    # Eager "none" is the bare model, the true baseline; the fast path needs a cache to dispatch on.
+    runs = [None if name == "none" and setup.fast is None else s for name, s in zip(names, schedules)]
+    costs = setup.branch_costs(repeats * 5, warmup)
+    peaks = []
+    for run in runs:
+        setup.run(run)  # warm: compiled graphs and allocator pools exist before the peak is reset
+        reset_peak(dev)
+        setup.run(run)
+        peaks.append(peak_bytes(dev))
+    seconds = interleaved_medians([lambda r=r: setup.run(r) for r in runs], repeats, warmup, dev)
+    model_batch = setup.noise.shape[0] * (2 if setup.sampler.guidance.active else 1)
+    base = seconds[names.index("none")]
+    rows = []
+    for name, schedule, sec, peak in zip(names, schedules, seconds, peaks):
+        speedup, ideal = base / sec, ideal_speedup(config, schedule)
+        time_ideal = costs.seconds(no_cache(schedule.steps, config.depth)) / costs.seconds(schedule)
+        rows.append({
+            "schedule": name, "seconds": round(sec, 4), "speedup": round(speedup, 3), "ideal": round(ideal, 3),
+            "time_ideal": round(time_ideal, 3), "efficiency": round(speedup / ideal, 3),
+            "time_efficiency": round(speedup / time_ideal, 3), "peak_mem_bytes": peak,
+            "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": METHODS[dev.type],
+            "branch_seconds": {"fixed": round(costs.fixed, 6), "attn": round(costs.attn, 6), "mlp": round(costs.mlp, 6)},
+        })
+    return rows

@@ -99,8 +99,7 @@ class CachedModel:
         state, key = self.state, (block, branch)
 
         def cached_branch(*args, **kwargs):
-            override = self._override
-            if (override[branch] if override is not None else self._compute[branch][self.step][block]):
+            if self.computes(block, branch):
                 out = original(*args, **kwargs)
                 state.put(key, out)
                 return out
@@ -109,6 +108,12 @@ class CachedModel:
         # Instance attribute shadows the class method; restoring removes it (or puts back the old one).
         object.__setattr__(owner, attr, cached_branch)
         self._restore.append(lambda: object.__setattr__(owner, attr, previous) if had_own else object.__delattr__(owner, attr))
+
+    def computes(self, block: int, branch: str) -> bool:
+        """Whether `branch` of `block` runs (True) or reuses its cached output (False) at this step:
+        the step's override when one is set, else the schedule."""
+        override = self._override
+        return override[branch] if override is not None else self._compute[branch][self.step][block]
 
     def reset(self) -> None:
         """Forget all cached tensors and go back to step 0 (the sampler calls this per loop)."""

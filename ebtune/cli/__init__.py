@@ -13,11 +13,21 @@ import os
 import sys
 from typing import Sequence
 
-from ebtune.cli import confirm, diagnose, export, fid_weights, sample, search, train_default, ui
+from ebtune.cli import (
+    bench,
+    confirm,
+    diagnose,
+    export,
+    fid_weights,
+    sample,
+    search,
+    train_default,
+    ui,
+)
 from ebtune.errors import ConfigError
 
 # The sub-command modules, in the order `ebtune --help` lists them.
-COMMANDS = [search, confirm, sample, diagnose, export, ui, train_default, fid_weights]
+COMMANDS = [search, confirm, sample, diagnose, export, ui, train_default, fid_weights, bench]
 
 UsageError = ConfigError  # the name sub-commands used before ConfigError was shared
 

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ebtune.cli.config import compose, settings, with_aliases
+    from ebtune.cli.config import compose, with_aliases
+    from ebtune.run.overrides import settings
     from ebtune.search.confirm import confirm, search_overrides, search_settings
 
     given = settings("confirm", with_aliases(args.overrides, {"--n": ("n", args.n)}), {"n": int, "seed": int})

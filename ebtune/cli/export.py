@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _tracking_uri(command: str, overrides: list[str]) -> str:
-    from ebtune.cli.config import settings
+    from ebtune.run.overrides import settings
     from ebtune.search.tracking import default_uri
 
     return settings(command, overrides, {"tracking.uri": str}).get("tracking.uri") or default_uri()

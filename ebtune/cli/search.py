@@ -50,8 +50,12 @@ def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
     from ebtune.cli.config import ConfigError, compose, with_aliases
-    from ebtune.run.factory import resolve_threads
-    from ebtune.run.factory import model_spec, resolve_device, sampler_from
+    from ebtune.run.factory import (
+        model_spec,
+        resolve_device,
+        resolve_threads,
+        sampler_from,
+    )
     from ebtune.schedules import ScheduleContext
     from ebtune.search.evaluator import latency_batch
     from ebtune.search.pareto import Constraint

@@ -27,9 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ebtune.cli.config import settings, with_aliases
+    from ebtune.cli.config import with_aliases
     from ebtune.default.classifier import WEIGHTS_DIR, build_shipped_files
     from ebtune.default.train import TrainConfig, save_weights, train_dit
+    from ebtune.run.overrides import settings
 
     # Parallel reductions sum in a thread-count-dependent order, and training amplifies the last-bit
     # differences; one thread makes a seed mean the same weights on every machine.

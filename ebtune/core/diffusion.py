@@ -3,7 +3,8 @@
 Linear betas over 1,000 steps, ε prediction with a learned-range variance, and respacing to K
 sampling steps: K evenly spaced original timesteps whose betas are recomputed so the respaced
 chain has the same ᾱ; the model always sees the original timestep. All constants are float64,
-computed once.
+computed once; the per-timestep coefficients the tensor math indexes are also kept as float32
+tensors, built once per device, so a sampling step copies nothing from the host.
 """
 from __future__ import annotations
 
@@ -66,6 +67,21 @@ class GaussianDiffusion:
         )
         self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.log_betas = np.log(self.betas)
+        self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Coefficient `name` at chain steps t (N,), as float32 broadcastable against `like` (N, ...).
+
+        The float64 arrays are cast to float32 once per device (the values the per-call cast gave),
+        so indexing them is one device gather.
+        """
+        tables = self._tables.get(like.device)
+        if tables is None:
+            tables = self._tables[like.device] = {
+                key: torch.from_numpy(getattr(self, key)).float().to(like.device) for key in _INDEXED
+            }
+        return tables[name][t].view(-1, *([1] * (like.dim() - 1)))
 
     @classmethod
     def respaced(cls, steps: int, base_betas: np.ndarray | None = None) -> "GaussianDiffusion":
@@ -85,7 +101,7 @@ class GaussianDiffusion:
 
     # -- training (DiT's ε MSE + variational bound for the learned variance) -------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return _at(self.sqrt_alphas_cumprod, t, x_start) * x_start + _at(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        return self._at("sqrt_alphas_cumprod", t, x_start) * x_start + self._at("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
 
     def training_losses(self, model: torch.nn.Module, x_start: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss: MSE on ε plus the KL term that trains the variance (gradient-stopped mean).
@@ -110,27 +126,28 @@ class GaussianDiffusion:
         self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Posterior mean, x̂₀ and log-variance; the variance interpolates log β̃_t..log β_t by (v+1)/2."""
-        min_log = _at(self.posterior_log_variance_clipped, t, x_t)
-        max_log = _at(np.log(self.betas), t, x_t)
+        min_log = self._at("posterior_log_variance_clipped", t, x_t)
+        max_log = self._at("log_betas", t, x_t)
         frac = (var_values + 1) / 2
         log_var = frac * max_log + (1 - frac) * min_log
-        x0 = _at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
-        mean = _at(self.posterior_mean_coef1, t, x_t) * x0 + _at(self.posterior_mean_coef2, t, x_t) * x_t
+        x0 = self._at("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._at("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        mean = self._at("posterior_mean_coef1", t, x_t) * x0 + self._at("posterior_mean_coef2", t, x_t) * x_t
         return mean, x0, log_var
 
     def _vb_bits(self, x_start, x_t, t, mean, log_var) -> torch.Tensor:
-        true_mean = _at(self.posterior_mean_coef1, t, x_t) * x_start + _at(self.posterior_mean_coef2, t, x_t) * x_t
-        true_log_var = _at(self.posterior_log_variance_clipped, t, x_t)
+        true_mean = self._at("posterior_mean_coef1", t, x_t) * x_start + self._at("posterior_mean_coef2", t, x_t) * x_t
+        true_log_var = self._at("posterior_log_variance_clipped", t, x_t)
         kl = 0.5 * (-1.0 + log_var - true_log_var + torch.exp(true_log_var - log_var) + (true_mean - mean) ** 2 * torch.exp(-log_var))
         kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
         nll = -_discretized_gaussian_log_likelihood(x_start, mean, 0.5 * log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
 
-def _at(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """arr[t] as a float tensor broadcastable against `like` (N, ...)."""
-    out = torch.from_numpy(arr).to(like.device)[t].float()
-    return out.view(-1, *([1] * (like.dim() - 1)))
+# The coefficients tensor code indexes by chain step (`GaussianDiffusion._at`).
+_INDEXED = (
+    "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_log_variance_clipped", "log_betas", "posterior_mean_coef1", "posterior_mean_coef2",
+)
 
 
 def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:

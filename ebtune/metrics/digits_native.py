@@ -26,7 +26,14 @@ import torch.nn.functional as F
 
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
-from ebtune.metrics.fid import FIDEvaluator, Statistics, _moments, bootstrap_draws, check_images, frechet_distance
+from ebtune.metrics.fid import (
+    FIDEvaluator,
+    Statistics,
+    _moments,
+    bootstrap_draws,
+    check_images,
+    frechet_distance,
+)
 
 DIGIT_UNITS = 16.0 / 255.0  # uint8 → scikit-learn digit units (0..16)
 NATIVE = 8

@@ -11,7 +11,12 @@ from ebtune.schedules.retarget import retarget_depth, retarget_steps
 
 
 def schedule_for_run(path: str | Path, loaded: LoadedModel, sampler: Sampler) -> tuple[Schedule, list[str]]:
-    """The file's schedule fitted to `sampler.steps` and the model's depth, with notes on what changed.
+    """The file's schedule fitted to `sampler.steps` and the loaded model (see `fit_schedule_file`)."""
+    return fit_schedule_file(path, loaded.spec.name, loaded.config.depth, sampler)
+
+
+def fit_schedule_file(path: str | Path, model_name: str, depth: int, sampler: Sampler) -> tuple[Schedule, list[str]]:
+    """The file's schedule fitted to `sampler.steps` and a model of `depth` blocks, with notes on what changed.
 
     Steps are mapped through normalised time (the file's sampler respaced at its own step count
     against this run's), and the ε factors are re-evaluated from the file's parametric form.
@@ -21,13 +26,13 @@ def schedule_for_run(path: str | Path, loaded: LoadedModel, sampler: Sampler) ->
     """
     file = load_schedule_file(path)
     schedule, notes = file.schedule, []
-    if file.model.get("name") not in (None, loaded.spec.name):
-        notes.append(f"tuned on {file.model['name']}, applied to {loaded.spec.name}")
+    if file.model.get("name") not in (None, model_name):
+        notes.append(f"tuned on {file.model['name']}, applied to {model_name}")
     if file.sampler.get("name") != sampler.step.name:
         notes.append(f"tuned with sampler {file.sampler.get('name')}, applied with {sampler.step.name}")
-    if schedule.depth != loaded.config.depth:
-        schedule, depth_notes = retarget_depth(schedule, loaded.config.depth)
-        notes += [f"depth {file.model['depth']} -> {loaded.config.depth}", *depth_notes]
+    if schedule.depth != depth:
+        schedule, depth_notes = retarget_depth(schedule, depth)
+        notes += [f"depth {file.model['depth']} -> {depth}", *depth_notes]
     if schedule.steps != sampler.steps:
         schedule, step_notes = retarget_steps(
             schedule, sampler.steps, step_times(schedule.steps), sampler.times, file.eps_scale_rule()

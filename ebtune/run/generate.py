@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ebtune.core.dit import DiTConfig
 from ebtune.cache.engine import CachedModel
+from ebtune.core.dit import DiTConfig
 from ebtune.core.schedule import Schedule
 from ebtune.run.loading import LoadedModel
 from ebtune.sampling.samplers import Sampler

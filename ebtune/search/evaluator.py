@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ebtune.core.macs import sampling_macs
 from ebtune.cache.engine import CachedModel
+from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate

@@ -1,0 +1,53 @@
+"""Peak memory of one measured run: GPU allocator peak on CUDA, process peak RSS on CPU.
+
+CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats` (tensor bytes; the
+allocator's cached free blocks are not counted). CPU: the kernel's peak resident set size (VmHWM of
+/proc/self/status, the figure `getrusage` reports as ru_maxrss), reset before the run by writing 5 to
+/proc/self/clear_refs (Linux ≥ 4.0) after glibc's `malloc_trim` hands freed heap back, so the peak
+is the run's own and not an earlier one's. `getrusage` alone cannot be reset, and tracemalloc does
+not see torch's allocations.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+import torch
+
+METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs)"}
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak at the current usage.
+
+    Raises:
+        RuntimeError: on CPU, the kernel does not let this process reset its peak RSS.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as e:
+        raise RuntimeError(f"cannot reset the peak RSS ({e}); CPU peak memory needs Linux >= 4.0") from None
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak since the last `reset_peak`, in bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status; CPU peak memory needs Linux")

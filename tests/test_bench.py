@@ -1,0 +1,93 @@
+"""`ebtune bench`: its own key=value settings, the per-branch time model, and a torch-only end-to-end run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ebtune.bench.latency import BranchCosts, cache_bytes
+from ebtune.bench.settings import (
+    MODEL_CONF,
+    SCHEDULE_NAMES,
+    model_names,
+    model_spec,
+    parse_settings,
+)
+from ebtune.core.schedule import no_cache
+from ebtune.errors import ConfigError
+from ebtune.run.loading import ModelSpec
+from ebtune.schedules import ScheduleContext, make_schedule
+
+from .conftest import SMALL
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("hydra", "omegaconf", "optuna", "ray", "mlflow", "torch_fidelity")
+
+
+def test_settings_parse_lists_quotes_and_schedule_files():
+    s = parse_settings(["model=dit-xl", "batch=[1, 8,32]", "precision=bf16", "'schedules=[none,fora2]'"[1:-1],
+                        "schedule_file=tuned.json", "compile=true"])
+    assert (s.model, s.batch, s.precision, s.compile) == ("dit-xl", (1, 8, 32), ("bf16",), True)
+    assert s.schedules == ("none", "fora2", "file:tuned.json")
+    assert parse_settings([]).schedules == SCHEDULE_NAMES
+
+
+@pytest.mark.parametrize("token, message", [
+    ("steps", "key=value"), ("color=red", "unknown override"), ("precision=fp8", "unknown precision"),
+    ("schedules=[fora2]", "must include none"), ("batch=[0]", "not a valid"), ("model=dit-q", "unknown model"),
+    ("compile=yes", "not a valid"), ("schedules=[none,fora4]", "unknown schedule"),
+])
+def test_bad_settings_are_one_line_errors(token, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_settings([token])
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_flat_model_reader_agrees_with_yaml(name):
+    assert model_spec(name) == ModelSpec(**yaml.safe_load((MODEL_CONF / f"{name}.yaml").read_text()))
+
+
+def test_branch_costs_recover_a_linear_cost_model():
+    truth = BranchCosts(fixed=0.5, attn=0.03, mlp=0.02)
+    t_full = truth.fixed + SMALL.depth * (truth.attn + truth.mlp)
+    got = BranchCosts.from_steps(t_full, t_full - SMALL.depth * truth.attn, t_full - SMALL.depth * truth.mlp, SMALL.depth)
+    assert (got.fixed, got.attn, got.mlp) == pytest.approx((truth.fixed, truth.attn, truth.mlp))
+    fora2 = make_schedule("fora", ScheduleContext(4, SMALL.depth, (1.0, 0.6, 0.3, 0.0)), interval=2)
+    # Half the branch work remains: 4 fixed parts plus 2 computing steps of every block.
+    assert got.seconds(fora2) == pytest.approx(4 * 0.5 + 2 * SMALL.depth * 0.05)
+    assert got.seconds(no_cache(4, SMALL.depth)) == pytest.approx(4 * t_full)
+
+
+def test_cache_bytes_counts_both_branches_of_every_block():
+    import torch
+
+    assert cache_bytes(SMALL, 6, torch.bfloat16) == 2 * SMALL.depth * 6 * SMALL.num_patches * SMALL.hidden_size * 2
+
+
+def test_bench_runs_with_only_torch(tmp_path):
+    """`ebtune bench` end to end with Hydra, Optuna, Ray, MLflow and torch-fidelity made unimportable."""
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {HEAVY!r}:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import ebtune.cli
+sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=2", "repeats=1", "warmup=0",
+                          "schedules=[none,fora2,ebcache-table]", "out={tmp_path}"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    (written,) = tmp_path.glob("bench-*.json")
+    rows = json.loads(written.read_text())
+    assert [r["schedule"] for r in rows] == ["none", "fora2", "ebcache-table"]
+    for key in ("seconds", "speedup", "ideal", "time_ideal", "efficiency", "time_efficiency", "device", "precision",
+                "batch", "peak_mem_bytes", "torch", "compiled"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["speedup"] == 1.0 and rows[1]["ideal"] > 1.2
