@@ -1,7 +1,7 @@
 """Multi-fidelity on dit-tiny, in one run: the confirmed front's hypervolume against the total
 sampling cost, with the first fidelity (`metric.n_proxy`, the default) and without it (n_proxy=0).
 
-    .venv/bin/python bench/multifidelity.py [--trials 24] [--json bench/results-multifidelity.json]
+    .venv/bin/python bench/multifidelity.py [--trials 24] [--json bench/results-multifidelity.json] [key=value ...]
 
 Both searches use the same seed, space, trials and confirmation size, so they propose the same
 first points; the cost is images × MACs per image over every evaluation (baselines, trials,
@@ -50,15 +50,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--json")
+    p.add_argument("overrides", nargs="*", help="more key=value settings for both searches (e.g. threads=1)")
     a = p.parse_args()
     runs = {}
     for label, extra in (("multi-fidelity", []), ("full size", ["metric.n_proxy=0"])):
         with tempfile.TemporaryDirectory(prefix="ebtune-mf-") as tmp:
-            runs[label] = search(Path(tmp), f"trials={a.trials}", *extra)
+            runs[label] = search(Path(tmp), f"trials={a.trials}", *a.overrides, *extra)
     quality = [e["metrics"]["fid"] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
     nocache = next(b for b in runs["full size"]["pareto"]["baselines"] if b["name"] == "nocache")["metrics"]["macs"]
     ref = (max(quality) * 1.05, nocache / 1e9)
-    report = {"trials": a.trials, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
+    report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
     for label, r in runs.items():
         front = [(pt["metrics"]["fid"], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]
         report["runs"][label] = {"wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"], "pruned": r["pruned"],
