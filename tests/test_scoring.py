@@ -78,5 +78,6 @@ def test_search_confirms_on_fresh_images_and_judges_eps_fair_baselines(ebtune, t
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     runs = client.search_runs(client.search_experiments()[0].experiment_id, "tags.pareto_optimal = 'true'")
     assert {int(r.data.tags["ebtune.trial"]) for r in runs} == {p["number"] for p in pareto["points"]}
+    assert all("nocache" in r.data.tags["ebtune.relations"] for r in runs)
     assert all(r.data.metrics["confirmed.fid"] == pytest.approx(
         next(p for p in pareto["points"] if p["number"] == int(r.data.tags["ebtune.trial"]))["metrics"]["fid"]) for r in runs)

@@ -25,6 +25,22 @@ def _points(records: Iterable[Record], x: str, y: str) -> list[tuple[float, floa
     return sorted(points, key=lambda p: (p[0], p[1]))
 
 
+def _noise_bars(ax, pts: list[tuple[float, float, Record]], x: str, y: str, color: str) -> None:
+    """± NOISE_Z standard errors on the axes that carry one (the quality metric): points whose bars
+    overlap are ties, not wins."""
+    from ebtune.search.pareto import NOISE_Z, std_key
+
+    def err(metric: str) -> list[float] | None:
+        values = [(p[2].get("metrics") or {}).get(std_key(metric)) for p in pts]
+        values = [NOISE_Z * v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in values]
+        return values if any(values) else None
+
+    xerr, yerr = err(x), err(y)
+    if pts and (xerr or yerr):
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=xerr, yerr=yerr, fmt="none", ecolor=color,
+                    elinewidth=0.8, alpha=0.6, zorder=1)
+
+
 def _label(record: Record) -> str:
     return str(record.get("name") or f"trial-{record['number']:04d}")
 
@@ -44,7 +60,8 @@ def pareto_figure_png(path: str | Path, trials: Sequence[Record], front: Sequenc
     Args:
         path: the PNG to write (parent folders are created).
         trials: every trial of the search (grey dots).
-        front: the Pareto-optimal trials (red, joined in x order so the trade-off curve reads left to right).
+        front: the Pareto-optimal trials (red, joined in x order so the trade-off curve reads left to right);
+            front points and baselines carry ± NOISE_Z standard-error bars on a measured axis.
         baselines: reference schedules (no cache, FORA(n), fewer steps...), each a labelled black marker.
         x, y: metric names for the axes, normally the first two objectives.
         title: figure title.
@@ -64,7 +81,9 @@ def pareto_figure_png(path: str | Path, trials: Sequence[Record], front: Sequenc
     pts = _points(front, x, y)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", ms=6, lw=1.2,
             label=f"Pareto front ({len(pts)})", zorder=2)
+    _noise_bars(ax, pts, x, y, "tab:red")
     pts = _points(baselines, x, y)
+    _noise_bars(ax, pts, x, y, "k")
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="s", s=36, c="k", label="baselines", zorder=3)
     for bx, by, record in pts:
         ax.annotate(_label(record), (bx, by), textcoords="offset points", xytext=(5, 4), fontsize=8)

@@ -65,6 +65,7 @@ class Recorder:
         self.objectives, self.constraints, self.total, self.log = list(objectives), list(constraints), total, log
         self.baselines: list[dict[str, Any]] = list(study.user_attrs.get("baselines", []))
         self.front_numbers: set[int] = set()
+        self._tagged: dict[int, dict[str, str]] = {}  # relations last written to each front run's tag
         self.commit = git_commit()
         self._started: float | None = None  # set by the first trial, so baselines do not skew the ETA
         self._done_at_start = len(done_trials(study))
@@ -230,8 +231,11 @@ class Recorder:
             self.front_numbers = numbers
         baselines = self.current_baselines()
         for point in front:
-            point["relations"] = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z)
-                                  for b in baselines}
+            relations = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z) for b in baselines}
+            if relations != self._tagged.get(point["number"]):
+                self.tracker.tag_relations(point["number"], relations)
+                self._tagged[point["number"]] = relations
+            point["relations"] = relations
         confirmed = self.confirmation
         doc = {"model": self.evaluator.spec.name, "steps": self.evaluator.sampler.steps,
                "sampler": self.sampler_info(self.evaluator.sampler), "space": self.space.name,

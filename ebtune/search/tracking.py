@@ -41,6 +41,7 @@ PARETO_TAG = "pareto_optimal"
 ERROR_TAG = "error"
 # Optuna trial state -> MLflow run status; RUNNING keeps the child run open for a later update.
 TRIAL_STATUS = {"RUNNING": "RUNNING", "COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
+RELATIONS_TAG = "ebtune.relations"
 # MLflow rejects tag values over 8000 characters; a traceback's tail is the useful part.
 _MAX_ERROR_CHARS = 7000
 
@@ -244,6 +245,13 @@ class SearchTracker:
         now = _now_ms()
         self._client.log_batch(self._trial_runs[number],
                                metrics=[Metric(f"confirmed.{k}", v, now, 0) for k, v in _finite_metrics(metrics).items()])
+
+    def tag_relations(self, number: int, relations: dict[str, str]) -> None:
+        """Tag a front trial's run with how it stands against each baseline beyond noise, e.g.
+        ``ebtune.relations = "nocache: matches at lower cost; fora2: dominates"``."""
+        if number in self._trial_runs:
+            text = "; ".join(f"{name}: {rel}" for name, rel in relations.items())
+            self._client.set_tag(self._trial_runs[number], RELATIONS_TAG, text[-_MAX_ERROR_CHARS:])
 
     def mark_pareto(self, trial_numbers: set[int]) -> None:
         """Tag ``pareto_optimal="true"`` on the child runs of these trials and ``"false"`` on every other child run
