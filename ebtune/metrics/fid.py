@@ -170,7 +170,7 @@ class FIDEvaluator(ABC):
         is what decides whether two schedules differ; it does not remove FID's small-sample bias.
         """
         value, draws = self.score_draws(images, bootstrap, seed)
-        return value, float(np.std(draws, ddof=1)) if len(draws) > 1 else math.nan
+        return value, draws_std(draws)
 
     def score_draws(self, images: np.ndarray, bootstrap: int, seed: int) -> tuple[float, np.ndarray]:
         """(FID, the FIDs of `bootstrap` resamples). The resampled image indices depend only on
@@ -181,6 +181,11 @@ class FIDEvaluator(ABC):
         if len(feats) < 2:
             raise ValueError(f"FID needs at least 2 images to estimate a covariance, got {len(feats)}")
         return bootstrap_draws(len(feats), bootstrap, seed, lambda idx: frechet_distance(_moments(feats[idx]), reference))
+
+
+def draws_std(draws: np.ndarray) -> float:
+    """The standard error that bootstrap draws give (their sample standard deviation); NaN for < 2."""
+    return float(np.std(draws, ddof=1)) if len(draws) > 1 else math.nan
 
 
 def bootstrap_draws(n: int, bootstrap: int, seed: int, statistic) -> tuple[float, np.ndarray]:

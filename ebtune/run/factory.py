@@ -1,7 +1,6 @@
 """From a plain (already composed) config dict to core objects. No Hydra here: values in, values out."""
 from __future__ import annotations
 
-import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from ebtune.core.schedule import Schedule
 from ebtune.errors import ConfigError
 from ebtune.run.loading import LoadedModel, ModelSpec, load_model
 from ebtune.sampling.samplers import Guidance, Sampler, make_sampler
-from ebtune.schedules import SCHEDULES, CalibrationProbe, ScheduleContext
+from ebtune.schedules import CalibrationProbe, ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 
 
@@ -94,7 +93,7 @@ def schedule_from(cfg: Mapping[str, Any], sampler: Sampler, loaded: LoadedModel,
     spec = schedule_spec(cfg)
     ctx = ScheduleContext(sampler.steps, loaded.config.depth, sampler.times)
     probe = None
-    if "probe" in inspect.signature(SCHEDULES.get(spec.family)).parameters:
+    if spec.calibrates:
         from ebtune.run.generate import class_balanced_labels, initial_noise
 
         params = dict(spec.params)

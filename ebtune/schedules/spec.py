@@ -40,6 +40,11 @@ class ScheduleSpec:
         """The ε-scale form as a schedule file stores it: {"name": ..., **kwargs}."""
         return dict(self.eps_scale)
 
+    @property
+    def calibrates(self) -> bool:
+        """True for a family that calibrates on the model: it takes a `probe`."""
+        return "probe" in inspect.signature(SCHEDULES.get(self.family)).parameters
+
     def build(self, ctx: ScheduleContext, probe: CalibrationProbe | None = None) -> Schedule:
         """The family's masks in `ctx` with the form's ε factors at `ctx.times`.
 
@@ -52,7 +57,7 @@ class ScheduleSpec:
         form = self.eps_form
         factors = make_eps_scale(form.pop("name"), **form).factors(ctx.times)
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}
-        if "probe" in inspect.signature(SCHEDULES.get(self.family)).parameters:
+        if self.calibrates:
             return SCHEDULES.make(self.family, ctx, probe=probe, eps_scale=factors, **params)
         return SCHEDULES.make(self.family, ctx, **params).with_eps_scale(factors)
 

@@ -30,6 +30,7 @@ import torch
 from ebtune.cache.engine import CachedModel
 from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
+from ebtune.metrics.fid import draws_std
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
@@ -165,8 +166,7 @@ class Evaluator:
                 if proxy is None and 0 < self.n_proxy <= done:
                     q, draws = self.fid.score_draws(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
                     proxy_draws = tuple(float(d) for d in draws)
-                    q_std = float(np.std(draws, ddof=1)) if len(draws) > 1 else math.nan
-                    proxy = {"fid_proxy": q, std_key("fid_proxy"): q_std, "macs": macs, "images": float(done)}
+                    proxy = {"fid_proxy": q, std_key("fid_proxy"): draws_std(draws), "macs": macs, "images": float(done)}
                     if gate is not None and done < self.n_samples and not gate(proxy, list(proxy_draws)):
                         raise TrialPruned(proxy)
         final = torch.cat(latents)
