@@ -47,6 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     args.overrides = rest
     try:
+        if hasattr(args, "config_name"):  # a command that composes conf/: Hydra's flags
+            from ebtune.cli.config import hydra_overrides, show
+
+            args.overrides = hydra_overrides(args)
+            if args.multirun and not args.sweeps:
+                raise ConfigError(f"ebtune {args.command} does not sweep (-m): it writes one result per run; run it "
+                                  "once per setting (ebtune search -m sweeps search settings)")
+            if show(args):
+                return 0
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,11 +1,17 @@
-"""Hydra at the edge: compose `conf/` with command-line overrides into a plain dict.
+"""Hydra at the edge: compose `conf/` with command-line overrides into plain values.
 
-Errors (unknown group option, unknown key, bad value) become `ConfigError` with one line saying what
-to do; the CLI turns them into exit code 2.
+Errors (unknown group option, unknown key, a value of the wrong type) become `ConfigError` with one
+line naming the key and the fix; the CLI turns them into exit code 2. The Hydra idioms a Hydra user
+types work here too: `hydra.searchpath=[file:///DIR]` (or `--config-dir DIR`) adds the groups of a
+user config directory (`DIR/model/my-dit.yaml` makes `model=my-dit` valid), `hydra.run.dir=` is the
+command's `out=`, `hydra.job.name=` its `name=`, and `--cfg`, `--info` and `-m` are flags of the
+commands that compose (`add_hydra_flags`).
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -13,6 +19,9 @@ from ebtune.errors import ConfigError
 from ebtune.registry import Registry
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Hydra settings ebtune honours, as the run setting each one stands for.
+HYDRA_ALIASES = {"hydra.run.dir": "out", "hydra.job.name": "name"}
+HYDRA_KEYS = ("hydra.searchpath", "hydra.sweep.dir", *HYDRA_ALIASES)
 
 
 def registry(group: str) -> Registry | None:
@@ -33,10 +42,23 @@ def registry(group: str) -> Registry | None:
     return None
 
 
-def choices(group: str) -> list[str]:
-    """Options of a config group: its registry's names, or the files in `conf/<group>/`."""
+def user_dirs(searchpath: Sequence[str]) -> list[Path]:
+    """The folders of `file://` entries of a Hydra search path (pkg:// entries are Python packages)."""
+    return [Path(entry[len("file://"):]) for entry in searchpath if entry.startswith("file://")]
+
+
+def choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
+    """Options of a config group: its registry's names (or the files in `conf/<group>/`), plus the
+    files in `<dir>/<group>/` of each user config directory on the search path."""
     reg = registry(group)
-    return sorted(reg.choices() if reg is not None else (p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+    names = set(reg.choices() if reg is not None else (p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+    for folder in user_dirs(searchpath):
+        names.update(p.stem for p in (folder / group).glob("*.yaml"))
+    return sorted(names)
+
+
+def is_group(group: str, searchpath: Sequence[str] = ()) -> bool:
+    return any((folder / group).is_dir() for folder in [CONF_DIR, *user_dirs(searchpath)])
 
 
 def with_aliases(overrides: Sequence[str], old: Mapping[str, tuple[str, Any]]) -> list[str]:
@@ -59,25 +81,235 @@ def with_aliases(overrides: Sequence[str], old: Mapping[str, tuple[str, Any]]) -
     return out
 
 
-def compose(overrides: Sequence[str], config_name: str = "config") -> dict[str, Any]:
-    """The resolved config as plain Python values."""
+@dataclass(frozen=True)
+class Composed:
+    """A composed run config and what produced it (saved as `.hydra/` with a search).
+
+    Attributes:
+        cfg: the resolved config as plain Python values.
+        hydra: Hydra's own config node (unresolved: run/sweep dirs hold `${now:}` interpolations).
+        overrides: the overrides as the user typed them (hydra.* included).
+        searchpath: the user config directories, as Hydra search path entries.
+    """
+
+    cfg: dict[str, Any]
+    hydra: dict[str, Any]
+    overrides: tuple[str, ...]
+    searchpath: tuple[str, ...]
+
+
+def add_hydra_flags(p: argparse.ArgumentParser, config_name: str, sweeps: bool) -> None:
+    """Hydra's command-line flags for a command that composes `conf/<config_name>.yaml`.
+
+    `sweeps`: whether `-m` runs one job per combination of comma-separated values; commands for
+    which a sweep makes no sense refuse `-m` with one line instead of ignoring it.
+    """
+    p.add_argument("--cfg", "-c", choices=["job", "hydra", "all"],
+                   help="print the composed config (job), Hydra's config (hydra) or both, and exit")
+    p.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations first")
+    p.add_argument("--info", "-i", nargs="?", const="all", choices=["all", "config", "defaults", "searchpath"],
+                   help="print the config search path, the groups and their options, the defaults and the config, then exit")
+    p.add_argument("--config-dir", "-cd", action="append", default=[], metavar="DIR",
+                   help="a user config directory (DIR/model/NAME.yaml, DIR/schedule/NAME.yaml, ...); may repeat")
+    p.add_argument("--multirun", "-m", action="store_true",
+                   help="sweep: run one job per combination of comma-separated values (e.g. trials=8,16)"
+                   if sweeps else argparse.SUPPRESS)
+    p.set_defaults(config_name=config_name, sweeps=sweeps)
+
+
+def hydra_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's overrides with `--config-dir` folders added as a `hydra.searchpath` entry."""
+    overrides = list(args.overrides)
+    dirs = [f"file://{Path(d).absolute()}" for d in getattr(args, "config_dir", [])]
+    if dirs:
+        for d in getattr(args, "config_dir", []):
+            if not Path(d).is_dir():
+                raise ConfigError(f"--config-dir {d}: no such directory; pass a folder holding model/, schedule/, ... files")
+        given = [o for o in overrides if o.partition("=")[0] == "hydra.searchpath"]
+        if given:
+            raise ConfigError("--config-dir and hydra.searchpath= both given; give the folders in one of them")
+        overrides.append(f"hydra.searchpath=[{','.join(dirs)}]")
+    return overrides
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"cannot parse {item!r}; overrides are key=value (e.g. steps=50)")
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError(f"{str(e).strip().splitlines()[0]}; overrides are key=value (e.g. steps=50)") from None
+
+
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """One override list per combination of the comma-separated values, as Hydra's basic sweeper
+    orders them (`trials=8,16 seed=0,1` gives four jobs)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    try:
+        return BasicSweeper.split_arguments(_parse_overrides(overrides), None)[0]
+    except HydraException as e:
+        raise ConfigError(f"{str(e).strip().splitlines()[0]}; -m sweeps comma-separated values (e.g. trials=8,16)") from None
+
+
+def _hydra_settings(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(overrides for the run config, the search path): honoured hydra.* keys become the run setting
+    they stand for; any other hydra.* key is refused rather than silently ignored."""
+    run, searchpath = [], []
+    for item, parsed in zip(overrides, _parse_overrides(overrides)):
+        key = parsed.get_key_element()
+        if not key.startswith("hydra."):
+            run.append(item)
+        elif key == "hydra.searchpath":
+            value = parsed.value()
+            searchpath = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif key in HYDRA_ALIASES:
+            alias = HYDRA_ALIASES[key]
+            if any(o.partition("=")[0] == alias for o in overrides):
+                raise ConfigError(f"{key}= and {alias}= are the same setting; give only {alias}=")
+            run.append(f"{alias}={parsed.get_value_element_as_str()}")
+        elif key != "hydra.sweep.dir":
+            raise ConfigError(f"{key} is not used by ebtune (it composes configs, it does not run a Hydra app); "
+                              f"the hydra settings it honours are {', '.join(HYDRA_KEYS)}")
+    for entry in searchpath:
+        if not entry.startswith(("file://", "pkg://")):
+            raise ConfigError(f"hydra.searchpath entry {entry!r} needs a scheme; write file://{Path(entry).absolute()}")
+        if entry.startswith("file://") and not Path(entry[len("file://"):]).is_dir():
+            raise ConfigError(f"hydra.searchpath entry {entry!r} is not a directory; pass a folder holding model/, ... files")
+    return run, searchpath
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _check_types(cfg: dict[str, Any], base: dict[str, Any], keys: Sequence[str]) -> None:
+    """Each overridden value has its default's kind (number, integer, boolean, list), so `steps=abc`
+    fails here with the key named instead of deep inside a run."""
+    given, default = _leaves(cfg), _leaves(base)
+    for key in keys:
+        for leaf, was in default.items():
+            if not (leaf == key or leaf.startswith(key + ".")) or leaf not in given:
+                continue
+            now = given[leaf]
+            if isinstance(was, bool):
+                ok, kind = isinstance(now, bool), "true or false"
+            elif isinstance(was, int):
+                ok, kind = isinstance(now, int) and not isinstance(now, bool), "an integer"
+            elif isinstance(was, float):
+                ok, kind = isinstance(now, (int, float)) and not isinstance(now, bool), "a number"
+            elif isinstance(was, list):
+                ok, kind = isinstance(now, list), "a list, e.g. [a,b]"
+            else:
+                continue
+            if not ok and now is not None:
+                raise ConfigError(f"{leaf}={now!r} must be {kind} (default {was!r})")
+
+
+def compose_run(overrides: Sequence[str], config_name: str = "config") -> Composed:
+    """Compose `conf/<config_name>.yaml` (and the user config directories on the search path) with
+    `overrides`; see the module docstring for the hydra.* settings.
+
+    Raises:
+        ConfigError: an unknown group option or key, a value of the wrong type, a refused hydra.* key.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    for item in overrides:
-        key, sep, value = item.partition("=")
+    run, searchpath = _hydra_settings(overrides)
+    groups = []
+    for item in run:
+        key, _, value = item.partition("=")
         group = key.lstrip("+~")
-        if sep and (CONF_DIR / group).is_dir() and value not in choices(group):
-            raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(choices(group))}")
-        if not sep:
-            raise ConfigError(f"cannot parse {item!r}; overrides are key=value (e.g. steps=50)")
+        if is_group(group, searchpath):
+            if value not in choices(group, searchpath):
+                raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(choices(group, searchpath))}")
+            groups.append(item)
+    hydra_items = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+            cfg = hydra_compose(config_name=config_name, overrides=[*hydra_items, *run], return_hydra_config=True)
+            base = hydra_compose(config_name=config_name, overrides=[*hydra_items, *groups])
+        hydra_node = OmegaConf.to_container(cfg.hydra, resolve=False)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        defaults = OmegaConf.to_container(base, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"{first}; see `ebtune <command> --help` for the keys") from None
+    _check_types(plain, defaults, [i.partition("=")[0].lstrip("+~") for i in run if i not in groups])
+    return Composed(plain, hydra_node, tuple(overrides), tuple(searchpath))  # type: ignore[arg-type]
+
+
+def compose(overrides: Sequence[str], config_name: str = "config") -> dict[str, Any]:
+    """The resolved config as plain Python values (`compose_run(...).cfg`)."""
+    return compose_run(overrides, config_name).cfg
+
+
+def print_config(composed: Composed, which: str, resolve: bool) -> None:
+    """`--cfg job|hydra|all`: the config as YAML, as Hydra prints it."""
+    import yaml
+
+    parts = {"job": composed.cfg, "hydra": {"hydra": composed.hydra}}
+    if which == "hydra" and resolve:
+        raise ConfigError("--resolve with --cfg hydra: Hydra's run and sweep dirs resolve only inside a Hydra app; drop --resolve")
+    for name in (["job", "hydra"] if which == "all" else [which]):
+        print(yaml.safe_dump(parts[name], sort_keys=False).rstrip())
+
+
+def print_info(composed: Composed, which: str, config_name: str) -> None:
+    """`--info`: the config search path, the groups and their options, the defaults chosen, the config."""
+    import yaml
+
+    sections = {
+        "searchpath": [f"file://{CONF_DIR} (ebtune)", *(f"{e} (user)" for e in composed.searchpath)],
+        "defaults": {k: v for k, v in composed.hydra["runtime"]["choices"].items() if not k.startswith("hydra/")},
+        "config": composed.cfg,
+    }
+    groups = sorted({p.name for folder in [CONF_DIR, *user_dirs(composed.searchpath)] for p in folder.iterdir() if p.is_dir()})
+    print(f"Config {config_name}.yaml; overrides: {' '.join(composed.overrides) or '(none)'}")
+    for name in (["searchpath", "defaults", "config"] if which == "all" else [which]):
+        print(f"== {name} ==")
+        print(yaml.safe_dump(sections[name], sort_keys=False).rstrip())
+        if name == "defaults":
+            print("== groups ==")
+            for group in groups:
+                print(f"{group}: {', '.join(choices(group, composed.searchpath))}")
+
+
+def show(args: argparse.Namespace) -> bool:
+    """Handle `--cfg` / `--info` for a command: print and return True (the command then exits 0)."""
+    if not (getattr(args, "cfg", None) or getattr(args, "info", None)):
+        return False
+    composed = compose_run(args.overrides, args.config_name)
+    if args.info:
+        print_info(composed, args.info, args.config_name)
+    if args.cfg:
+        print_config(composed, args.cfg, args.resolve)
+    return True
+
+
+def write_hydra_dir(folder: Path, composed: Composed) -> Path:
+    """Save the composed config, the overrides as typed and Hydra's config as `folder/.hydra/`
+    (`config.yaml`, `overrides.yaml`, `hydra.yaml`), the layout a Hydra app leaves in its run dir."""
+    import yaml
+
+    out = Path(folder) / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value in (("config", composed.cfg), ("overrides", list(composed.overrides)), ("hydra", {"hydra": composed.hydra})):
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(value, sort_keys=False))
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ebtune.cli.config import choices
+    from ebtune.cli.config import add_hydra_flags, choices
 
     p = sub.add_parser(
         "diagnose",
@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"with schedule.<param>=, eps_scale=<{'|'.join(choices('eps_scale'))}> with eps_scale.<param>=, or "
         "schedule_file=FILE; mlflow_run=RUN_ID (with tracking.uri=) logs the results to that run.",
     )
+    add_hydra_flags(p, "diagnose", sweeps=False)
     p.set_defaults(run=run)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ebtune.cli.config import choices
+    from ebtune.cli.config import add_hydra_flags, choices
 
     p = sub.add_parser(
         "sample",
@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "schedule, retargeted to steps= if they differ; it brings its own ε scaling).",
     )
     p.add_argument("--schedule", metavar="FILE", help=argparse.SUPPRESS)  # deprecated spelling of schedule_file=
+    add_hydra_flags(p, "config", sweeps=False)
     p.set_defaults(run=run)
 
 

@@ -25,9 +25,12 @@ DESCRIPTION = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ebtune.cli.config import add_hydra_flags
+
     p = sub.add_parser("search", help="search cache schedules for the quality/speed Pareto front", description=DESCRIPTION)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the search space, then exit")
     p.add_argument("--name", help=argparse.SUPPRESS)  # deprecated spelling of name=
+    add_hydra_flags(p, "search", sweeps=True)
     p.set_defaults(run=run)
 
 
@@ -47,9 +50,35 @@ def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
     return names
 
 
+def _space_path(name: str, searchpath: Any) -> str:
+    """A space name found in a user config directory (`DIR/search_spaces/NAME.yaml`), else as given."""
+    from ebtune.cli.config import user_dirs
+
+    for folder in user_dirs(searchpath):
+        path = folder / "search_spaces" / f"{name}.yaml"
+        if path.is_file():
+            return str(path)
+    return name
+
+
+def _check_search_settings(search: dict[str, Any]) -> None:
+    """Optuna settings checked before the study opens (a bad sampler name used to fail 23 s in)."""
+    from ebtune.cli.config import ConfigError
+    from ebtune.search.study import SAMPLERS
+
+    sampler = search["sampler"]
+    if isinstance(sampler, str) and sampler not in SAMPLERS.choices():
+        raise ConfigError(f"search.sampler={sampler!r} is unknown; choose one of: {', '.join(SAMPLERS.choices())}")
+    for key in ("startup_trials", "population_size", "confirm_n"):
+        if key in search and int(search[key]) < 0:
+            raise ConfigError(f"search.{key}={search[key]} must be 0 or more")
+    if not isinstance(search["constraints"], list):
+        raise ConfigError(f"search.constraints={search['constraints']!r} must be a list, e.g. ['fid <= nocache + 0.5']")
+
+
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
-    from ebtune.cli.config import ConfigError, compose, with_aliases
+    from ebtune.cli.config import ConfigError, compose_run, with_aliases
     from ebtune.run.factory import (
         model_spec,
         resolve_device,
@@ -64,8 +93,10 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     overrides = with_aliases(args.overrides, {"--name": ("name", args.name)})
     if any(o.startswith("ray.") for o in overrides) and not any(o.startswith("launcher=") for o in overrides):
         overrides.append("launcher=ray")
-    cfg = compose(overrides, config_name="search")
-    space = load_space(str(cfg["space"]))
+    composed = compose_run(overrides, config_name="search")
+    cfg = composed.cfg
+    _check_search_settings(cfg["search"])
+    space = load_space(_space_path(str(cfg["space"]), composed.searchpath))
     spec = model_spec(cfg["model"])
     sampler = sampler_from(cfg, spec)
     space.check(ScheduleContext(sampler.steps, spec.config.depth, sampler.times))
@@ -89,6 +120,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         "folder": Path(cfg["out"] or Path("outputs") / "search" / name).absolute(),
         "objectives": _objectives(cfg["search"]["objectives"], device.type, spec.decoder),
         "constraints": [Constraint.parse(c) for c in cfg["search"]["constraints"]],
+        "composed": composed,
     }
 
 
@@ -99,13 +131,55 @@ def _dry_run(plan: dict[str, Any]) -> int:
                 "device": str(plan["device"])}
     print(yaml.safe_dump({"config": plan["cfg"], "resolved": resolved}, sort_keys=False).rstrip())
     print(yaml.safe_dump({"space": plan["space"].describe()}, sort_keys=False).rstrip())
+    print(f"dry run: nothing written; run it without --dry-run to search into {plan['folder']}")
     return 0
 
 
+def sweep_overrides(overrides: list[str], now: datetime.datetime | None = None) -> list[list[str]]:
+    """`-m`: one override list per job, each searching into its own folder `<hydra.sweep.dir>/<k>`
+    (default outputs/multirun/<date>_<time>) under the name `<name>-<k>`.
+
+    Raises:
+        ConfigError: nothing is swept, or out= names one folder for every job.
+    """
+    from ebtune.cli.config import ConfigError, sweep_jobs
+
+    jobs = sweep_jobs(overrides)
+    keys = {o.partition("=")[0] for o in overrides}
+    if len(jobs) < 2:
+        raise ConfigError("-m found nothing to sweep; give comma-separated values, e.g. trials=8,16 search.sampler=tpe,nsga2")
+    if keys & {"out", "hydra.run.dir"}:
+        raise ConfigError("-m gives each job its own folder under hydra.sweep.dir=; drop out=/hydra.run.dir=")
+    stamp = f"{now or datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    root = Path(next((o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")),
+                     Path("outputs") / "multirun" / stamp))
+    given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] in ("name", "hydra.job.name")), None)
+    out = []
+    for k, job in enumerate(jobs):
+        base = next((o.partition("=")[2] for o in job if o.partition("=")[0] in ("name", "hydra.job.name")), given)
+        job = [o for o in job if o.partition("=")[0] not in ("name", "hydra.job.name", "hydra.sweep.dir")]
+        out.append([*job, f"name={base or 'sweep-' + stamp}-{k}", f"out={root.absolute() / str(k)}"])
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    from ebtune.cli.config import write_hydra_dir
+
+    if args.multirun:
+        # Every job is planned (and so validated) before the first one runs.
+        plans = [_plan(argparse.Namespace(**{**vars(args), "overrides": job})) for job in sweep_overrides(args.overrides)]
+        for k, plan in enumerate(plans):
+            print(f"sweep job {k + 1}/{len(plans)}: {' '.join(plan['composed'].overrides)}")
+        if args.dry_run:
+            return max(_dry_run(plan) for plan in plans)
+        for plan in plans:
+            write_hydra_dir(plan["folder"], plan["composed"])
+            _search(plan)
+        return 0
     plan = _plan(args)
     if args.dry_run:
         return _dry_run(plan)
+    write_hydra_dir(plan["folder"], plan["composed"])
     return _search(plan)
 
 
