@@ -242,16 +242,17 @@ def compose_run(overrides: Sequence[str], config_name: str = "config") -> Compos
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=[*hydra_items, *run], return_hydra_config=True)
-            base = hydra_compose(config_name=config_name, overrides=[*hydra_items, *groups])
+            values = [i.partition("=")[0].lstrip("+~") for i in run if i not in groups]
+            base = hydra_compose(config_name=config_name, overrides=[*hydra_items, *groups]) if values else cfg
         hydra_node = OmegaConf.to_container(cfg.hydra, resolve=False)
         with open_dict(cfg):
             del cfg["hydra"]
         plain = OmegaConf.to_container(cfg, resolve=True)
-        defaults = OmegaConf.to_container(base, resolve=True)
+        defaults = OmegaConf.to_container(base, resolve=True) if values else plain
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"{first}; see `ebtune <command> --help` for the keys") from None
-    _check_types(plain, defaults, [i.partition("=")[0].lstrip("+~") for i in run if i not in groups])
+    _check_types(plain, defaults, values)
     return Composed(plain, hydra_node, tuple(overrides), tuple(searchpath))  # type: ignore[arg-type]
 
 
