@@ -162,9 +162,37 @@ def sweep_overrides(overrides: list[str], now: datetime.datetime | None = None) 
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _loading(plan: dict[str, Any]) -> None:
+    """The first line of a search, before the model, its decoder and the quality evaluator load."""
+    spec, sampler = plan["spec"], plan["sampler"]
+    print(f"search {plan['name']}: loading {spec.name} ({'embedded weights' if spec.ckpt is None else spec.ckpt}), "
+          f"the {spec.fid} quality evaluator and the {sampler.step.name} sampler ({sampler.steps} steps) on "
+          f"{plan['device']}; then the baselines, then the trials", flush=True)
+
+
+def next_commands(folder: Path) -> None:
+    """What to run after a search, with its folder filled in."""
+    import shlex
+
+    where = shlex.quote(str(folder))
+    print("next:")
+    print(f"  ebtune confirm {where}        re-score the front on fresh images (n=1000 for more)")
+    print(f"  ebtune export {where} --knee  the knee schedule as a file for `ebtune sample schedule_file=` "
+          "or `ebtune.apply(pipe, file)`")
+    print(f"  ebtune ui {where}             the runs table and the Pareto front in MLflow")
+
+
+def _run_search(plan: dict[str, Any]) -> int:
     from ebtune.cli.config import write_hydra_dir
 
+    write_hydra_dir(plan["folder"], plan["composed"])
+    _loading(plan)
+    code = _search(plan)
+    next_commands(plan["folder"])
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
     if args.multirun:
         # Every job is planned (and so validated) before the first one runs.
         plans = [_plan(argparse.Namespace(**{**vars(args), "overrides": job})) for job in sweep_overrides(args.overrides)]
@@ -172,15 +200,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"sweep job {k + 1}/{len(plans)}: {' '.join(plan['composed'].overrides)}")
         if args.dry_run:
             return max(_dry_run(plan) for plan in plans)
-        for plan in plans:
-            write_hydra_dir(plan["folder"], plan["composed"])
-            _search(plan)
-        return 0
+        return max(_run_search(plan) for plan in plans)
     plan = _plan(args)
     if args.dry_run:
         return _dry_run(plan)
-    write_hydra_dir(plan["folder"], plan["composed"])
-    return _search(plan)
+    return _run_search(plan)
 
 
 def _search(plan: dict[str, Any]) -> int:

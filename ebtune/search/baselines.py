@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,25 +71,44 @@ def plan(evaluator: Evaluator, eps_form: dict[str, Any] | None = None) -> list[B
     return out
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def evaluate_baselines(
     evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome], None] | None = None,
-    eps_form: dict[str, Any] | None = None,
+    eps_form: dict[str, Any] | None = None, progress: Callable[[str], None] | None = _print_now,
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
     """Evaluate every baseline (no cache first, as the reference of the others).
 
     Args:
         on_done: called after each baseline with its schedule, sampler and outcome (for recording).
+        progress: gets one line before each baseline, "baselines k/n: NAME ...", with the time left
+            estimated from the seconds per sampled MAC so far (None: silent).
 
     Returns:
         (baseline, outcome) pairs in `plan` order and the no-cache reference for the trials.
     """
     results: list[tuple[Baseline, Outcome]] = []
     reference: Reference | None = None
+    work = []
     for base in plan(evaluator, eps_form):
         sampler = evaluator.sampler if base.steps == evaluator.sampler.steps else evaluator.sampler_at(base.steps)
         ctx = ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times)
         schedule = base.schedule(ctx)
+        work.append((base, sampler, schedule, evaluator.macs(schedule, sampler)))
+    total_macs, done_macs, started = sum(w[3] for w in work), 0.0, time.monotonic()
+    for k, (base, sampler, schedule, macs) in enumerate(work, start=1):
+        if progress is not None:
+            left = "" if not done_macs else (
+                f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
+            progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} images){left}")
         outcome = evaluator.evaluate(schedule, reference, sampler)
+        done_macs += macs
         if reference is None:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         results.append((base, outcome))
