@@ -194,8 +194,8 @@ def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _check_types(cfg: dict[str, Any], base: dict[str, Any], keys: Sequence[str]) -> None:
-    """Each overridden value has its default's kind (number, integer, boolean, list), so `steps=abc`
-    fails here with the key named instead of deep inside a run."""
+    """Each overridden value has its default's kind (number, boolean, list), so `steps=abc` fails here
+    with the key named instead of deep inside a run; commands check whole numbers themselves."""
     given, default = _leaves(cfg), _leaves(base)
     for key in keys:
         for leaf, was in default.items():
@@ -204,9 +204,7 @@ def _check_types(cfg: dict[str, Any], base: dict[str, Any], keys: Sequence[str])
             now = given[leaf]
             if isinstance(was, bool):
                 ok, kind = isinstance(now, bool), "true or false"
-            elif isinstance(was, int):
-                ok, kind = isinstance(now, int) and not isinstance(now, bool), "an integer"
-            elif isinstance(was, float):
+            elif isinstance(was, (int, float)):  # an integer default may still take a fraction (ray.cpus_per_trial=0.5)
                 ok, kind = isinstance(now, (int, float)) and not isinstance(now, bool), "a number"
             elif isinstance(was, list):
                 ok, kind = isinstance(now, list), "a list, e.g. [a,b]"

@@ -61,16 +61,28 @@ def _space_path(name: str, searchpath: Any) -> str:
     return name
 
 
-def _check_search_settings(search: dict[str, Any]) -> None:
-    """Optuna settings checked before the study opens (a bad sampler name used to fail 23 s in)."""
+# Settings that count something: a fraction would be truncated silently.
+WHOLE_NUMBERS = ("steps", "trials", "seed", "metric.n_samples", "metric.batch_size", "metric.latency_warmup",
+                 "metric.bootstrap", "metric.n_proxy", "search.startup_trials", "search.population_size",
+                 "search.confirm_n")
+
+
+def _check_search_settings(cfg: dict[str, Any]) -> None:
+    """Settings checked before the study opens (a bad sampler name used to fail 23 s in)."""
     from ebtune.cli.config import ConfigError
     from ebtune.search.study import SAMPLERS
 
+    for key in WHOLE_NUMBERS:
+        section, _, leaf = key.rpartition(".")
+        value = (cfg[section] if section else cfg).get(leaf)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a whole number")
+    search = cfg["search"]
     sampler = search["sampler"]
     if isinstance(sampler, str) and sampler not in SAMPLERS.choices():
         raise ConfigError(f"search.sampler={sampler!r} is unknown; choose one of: {', '.join(SAMPLERS.choices())}")
     for key in ("startup_trials", "population_size", "confirm_n"):
-        if key in search and int(search[key]) < 0:
+        if search[key] < 0:
             raise ConfigError(f"search.{key}={search[key]} must be 0 or more")
     if not isinstance(search["constraints"], list):
         raise ConfigError(f"search.constraints={search['constraints']!r} must be a list, e.g. ['fid <= nocache + 0.5']")
@@ -95,7 +107,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append("launcher=ray")
     composed = compose_run(overrides, config_name="search")
     cfg = composed.cfg
-    _check_search_settings(cfg["search"])
+    _check_search_settings(cfg)
     space = load_space(_space_path(str(cfg["space"]), composed.searchpath))
     spec = model_spec(cfg["model"])
     sampler = sampler_from(cfg, spec)
