@@ -107,3 +107,13 @@ def test_refuses_what_it_cannot_map(pipe, tmp_path):  # noqa: F811
     with ebtune.apply(pipe, _scaled()):
         with pytest.raises(RuntimeError, match="already applied"):
             ebtune.apply(pipe, _scaled())
+
+
+def test_more_transformer_calls_than_timesteps_is_refused(pipe):  # noqa: F811
+    x = torch.zeros(2, 4, 8, 8)
+    with ebtune.apply(pipe, _scaled()), torch.no_grad():
+        pipe.scheduler.set_timesteps(STEPS)
+        for t in pipe.scheduler.timesteps:
+            pipe.transformer(x, timestep=t.expand(2), class_labels=torch.tensor([1, 3]))
+        with pytest.raises(ConfigError, match="more often than its 4 timesteps"):
+            pipe.transformer(x, timestep=t.expand(2), class_labels=torch.tensor([1, 3]))

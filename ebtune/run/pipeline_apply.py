@@ -84,6 +84,7 @@ class AppliedSchedule:
         self._counter: StepCounter | None = None
         self._fitted: dict[tuple[float, ...], tuple[Schedule, list[str]]] = {}
         self._eps_channels = int(transformer.config.in_channels)
+        self._calls = 0  # transformer calls in the current pipeline run
         original = scheduler.set_timesteps
 
         @functools.wraps(original)  # keeps the signature: pipelines inspect it for `timesteps=` / `sigmas=`
@@ -130,19 +131,25 @@ class AppliedSchedule:
             schedule, notes = self._fitted[times]
             if notes:
                 warnings.warn(f"ebtune.apply: {self.schedule.steps}-step schedule fitted to {len(times)} steps: "
-                              + "; ".join(notes), stacklevel=4)
+                              + "; ".join(notes), stacklevel=5)  # the user's pipe(...) line
         schedule, self.notes = self._fitted[times]
         if self._cache is None or self._cache.schedule is not schedule:
             self._detach()
             self._cache = CachedModel(self.transformer, schedule, self.adapter)
             self._counter = StepCounter(self._cache)
         self._counter.reset()
+        self._calls = 0
         self.current = schedule
 
     def _scale_eps(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self._cache is None:
             raise RuntimeError("the transformer ran before the pipeline set its timesteps; ebtune.apply needs a "
                                "pipeline that calls scheduler.set_timesteps (for your own loop use ebtune.cached)")
+        self._calls += 1
+        if self._calls > self._cache.schedule.steps:
+            raise ConfigError(f"{type(self.pipe).__name__} called the transformer more often than its "
+                              f"{self._cache.schedule.steps} timesteps; ebtune.apply needs one transformer call per "
+                              "step (guidance as one doubled batch, a first-order scheduler)")
         factor = self._cache.schedule.eps_scale[self._cache.step]
         if factor == 1.0:
             return None
