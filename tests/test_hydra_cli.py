@@ -110,6 +110,10 @@ def test_hydra_run_dir_and_job_name_are_the_search_folder_and_name(ebtune, tmp_p
 def test_hydra_alias_and_its_setting_conflict(ebtune, capsys):
     assert ebtune("search", "hydra.job.name=a", "name=b", "--dry-run") == 2
     assert "give only name=" in capsys.readouterr().err
+    assert ebtune("sample", "hydra.job.name=a", "--cfg", "job") == 2
+    assert "hydra.job.name= stands for name=, which this command does not have" in capsys.readouterr().err
+    assert ebtune("sample", "hydra.run.dir=there", "--cfg", "job") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["out"] == "there"
 
 
 def test_multirun_plans_every_job_then_searches_each_in_its_own_folder(ebtune, tmp_path, searches, capsys):

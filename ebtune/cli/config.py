@@ -249,6 +249,9 @@ def compose_run(overrides: Sequence[str], config_name: str = "config") -> Compos
         defaults = OmegaConf.to_container(base, resolve=True) if values else plain
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
+        for key, alias in HYDRA_ALIASES.items():
+            if first.startswith(f"Could not override '{alias}'") and any(o.startswith(f"{key}=") for o in overrides):
+                raise ConfigError(f"{key}= stands for {alias}=, which this command does not have; drop it") from None
         raise ConfigError(f"{first}; see `ebtune <command> --help` for the keys") from None
     _check_types(plain, defaults, values)
     return Composed(plain, hydra_node, tuple(overrides), tuple(searchpath))  # type: ignore[arg-type]
