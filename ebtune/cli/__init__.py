@@ -2,9 +2,10 @@
 
 Each sub-command is one module here with `add_parser(subparsers)` and `run(args) -> int`, listed in
 `COMMANDS`. One convention for every command: run settings are `key=value` overrides; flags are only
-for the CLI itself (`--dry-run`, `--port`, `--host`, `--help`). Exit codes: 0 success, 2 bad input
-or configuration (`ConfigError`, one line on stderr), 130 interrupted; any other exception is a bug
-and shows its traceback.
+for the CLI itself (`--dry-run`, `--port`, `--host`, `--help`) and Hydra's own (`--cfg`, `--info`,
+`--config-dir`, `-m` on the commands that compose `conf/`, see `config.add_hydra_flags`). Exit
+codes: 0 success, 2 bad input or configuration (`ConfigError`, one line on stderr), 130
+interrupted; any other exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
