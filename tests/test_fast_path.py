@@ -74,3 +74,28 @@ def test_inductor_matches_eager_within_float32_tolerance(small_dit):
     # wrong variant cannot hide inside this tolerance.
     for f in fast:
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graphs_refuse_a_cpu_model_and_leave_it_untouched(small_dit):
+    from ebtune.cache.graphs import CudaGraphs
+
+    sampler = make_sampler("ddim", STEPS)
+    with CachedModel(small_dit, _mixed(sampler)) as cache:
+        with pytest.raises(RuntimeError, match="CUDA graphs need the model on a CUDA device, and it is on cpu; "
+                                               "sample with cuda_graphs=false"):
+            FastPath("eager", graphs=CudaGraphs()).attach(cache)
+        assert not any("forward" in vars(m) for m in (small_dit, *small_dit.blocks))
+        assert not hasattr(small_dit, "_ebtune_fast_path")
+
+
+def test_static_cache_writes_in_place_and_refuses_an_empty_reuse():
+    from ebtune.cache.graphs import StaticCache
+
+    store, first, second = StaticCache(), torch.ones(2, 3), torch.full((2, 3), 5.0)
+    store.put((0, "attn"), first)
+    buffer = store.get((0, "attn"))
+    assert buffer is not first and torch.equal(buffer, first)  # its own buffer, not the caller's tensor
+    store.put((0, "attn"), second)
+    assert store.get((0, "attn")) is buffer and torch.equal(buffer, second)  # same address, new values
+    with pytest.raises(RuntimeError, match="block 1 mlp is scheduled for reuse but nothing is cached"):
+        store.get((1, "mlp"))

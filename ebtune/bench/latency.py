@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ebtune.bench.memory import METHODS, peak_bytes, reset_peak
+from ebtune.bench.memory import METHODS, TensorPeak, peak_bytes, reset_peak
 from ebtune.bench.settings import FILE_PREFIX
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
@@ -171,23 +171,27 @@ def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: 
     # Eager "none" is the bare model, the true baseline; the fast path needs a cache to dispatch on.
     runs = [None if name == "none" and setup.fast is None else s for name, s in zip(names, schedules)]
     costs = setup.branch_costs(repeats * 5, warmup)
-    peaks = []
+    peaks, tensor_peaks = [], []
     for run in runs:
         setup.run(run)  # warm: compiled graphs and allocator pools exist before the peak is reset
         reset_peak(dev)
-        setup.run(run)
+        with TensorPeak(dev) as tensors:
+            setup.run(run)
         peaks.append(peak_bytes(dev))
+        tensor_peaks.append(tensors.bytes)
     seconds = interleaved_medians([lambda r=r: setup.run(r) for r in runs], repeats, warmup, dev)
     model_batch = setup.noise.shape[0] * (2 if setup.sampler.guidance.active else 1)
     base = seconds[names.index("none")]
     rows = []
-    for name, schedule, sec, peak in zip(names, schedules, seconds, peaks):
+    uncached_tensors = tensor_peaks[names.index("none")]
+    for name, schedule, sec, peak, tensor_peak in zip(names, schedules, seconds, peaks, tensor_peaks):
         speedup, ideal = base / sec, ideal_speedup(config, schedule)
         time_ideal = costs.seconds(no_cache(schedule.steps, config.depth)) / costs.seconds(schedule)
         rows.append({
             "schedule": name, "seconds": round(sec, 4), "speedup": round(speedup, 3), "ideal": round(ideal, 3),
             "time_ideal": round(time_ideal, 3), "efficiency": round(speedup / ideal, 3),
             "time_efficiency": round(speedup / time_ideal, 3), "peak_mem_bytes": peak,
+            "peak_tensor_bytes": tensor_peak, "tensor_bytes_over_uncached": tensor_peak - uncached_tensors,
             "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": METHODS[dev.type],
             "branch_seconds": {"fixed": round(costs.fixed, 6), "attn": round(costs.attn, 6), "mlp": round(costs.mlp, 6)},
         })

@@ -90,6 +90,7 @@ class BenchSettings:
     precision: tuple[str, ...] = ("fp32",)
     schedules: tuple[str, ...] = SCHEDULE_NAMES
     compile: bool = False
+    cuda_graphs: bool = False  # replay one CUDA graph per step pattern (compiled fast path, CUDA only)
     out: str = "bench/results/"
     device: str = "auto"
     repeats: int = 3
@@ -106,11 +107,13 @@ class BenchSettings:
                 raise ConfigError(f"unknown schedule {s!r}; choose from {', '.join(SCHEDULE_NAMES)} or file:PATH")
         if "none" not in self.schedules:
             raise ConfigError("schedules must include none: every speedup is measured against it")
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("cuda_graphs=true captures the compiled fast path; set compile=true as well")
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "model": str, "steps": count, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
-    "compile": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
+    "compile": boolean, "cuda_graphs": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
     "threads": count,
 }
 

@@ -53,9 +53,11 @@ from ebtune.search.pareto import std_key
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
 GRID_IMAGES = 20
 GRID_MAX_SIDE = 64
-# Uncached timing-only batches per trial when `metric.latency_pairs` is not set: each costs one
-# no-cache batch, so a few keep the search's sampling cost within about a third more.
-LATENCY_PAIRS = 2
+# Uncached timing-only batches per trial when `metric.latency_pairs` is not set. Each costs one
+# no-cache batch (a trial pruned at the first fidelity pays only those before its gate). On the
+# shared 2-core CPU, 4 kept two concurrent trials within 4 % of a lone run's latency_speedup, where 2
+# and 3 let single pairs miss by up to 20-28 % (bench/paired_latency.py).
+LATENCY_PAIRS = 4
 
 
 class TrialError(RuntimeError):
