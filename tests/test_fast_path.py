@@ -99,3 +99,37 @@ def test_static_cache_writes_in_place_and_refuses_an_empty_reuse():
     assert store.get((0, "attn")) is buffer and torch.equal(buffer, second)  # same address, new values
     with pytest.raises(RuntimeError, match="block 1 mlp is scheduled for reuse but nothing is cached"):
         store.get((1, "mlp"))
+
+
+def test_static_buffer_dispatch_matches_eager_with_replays_emulated(small_dit, monkeypatch):
+    """The CUDA-graph path without CUDA: a 'graph' that replays by calling the model on the static inputs
+    into the static output, as a captured graph would. Samples must equal eager bit for bit (eager
+    backend), on the first run (captures) and a second one (replays), and close must restore `forward`."""
+    from ebtune.cache import graphs as graphs_module
+
+    class Replayed(graphs_module.CudaGraphs):
+        captures = 0
+
+        def _capture(self, forward):
+            Replayed.captures += 1
+            out = forward(*self._inputs)
+
+            class Graph:
+                def replay(self_graph):
+                    out.copy_(forward(*self._inputs))
+
+            return Graph(), out
+
+    monkeypatch.setattr(graphs_module, "require_cuda", lambda model: None)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    sampler = make_sampler("ddim", STEPS, Guidance(1.5, SMALL.num_classes))
+    noise, labels = _inputs()
+    store = Replayed()
+    samples = []
+    for _ in range(2):
+        with CachedModel(small_dit, _mixed(sampler)) as cache, FastPath("eager", graphs=store).attach(cache):
+            samples.append(sampler.sample(small_dit, noise, labels, cache))
+    assert Replayed.captures == 4  # the mixed schedule's four step patterns, captured once across both runs
+    expected = _eager_samples(small_dit)
+    assert all(torch.equal(s, expected) for s in samples)
+    assert not any("forward" in vars(m) for m in (small_dit, *small_dit.blocks))

@@ -91,6 +91,7 @@ class BenchSettings:
     schedules: tuple[str, ...] = SCHEDULE_NAMES
     compile: bool = False
     cuda_graphs: bool = False  # replay one CUDA graph per step pattern (compiled fast path, CUDA only)
+    versus_eager: bool = False  # with compile=true, also time eager in the same interleaved rounds
     out: str = "bench/results/"
     device: str = "auto"
     repeats: int = 3
@@ -109,11 +110,13 @@ class BenchSettings:
             raise ConfigError("schedules must include none: every speedup is measured against it")
         if self.cuda_graphs and not self.compile:
             raise ConfigError("cuda_graphs=true captures the compiled fast path; set compile=true as well")
+        if self.versus_eager and not self.compile:
+            raise ConfigError("versus_eager=true times the fast path against eager; set compile=true as well")
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "model": str, "steps": count, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
-    "compile": boolean, "cuda_graphs": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
+    "compile": boolean, "cuda_graphs": boolean, "versus_eager": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
     "threads": count,
 }
 
