@@ -91,3 +91,29 @@ sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=2", "repe
                 "batch", "peak_mem_bytes", "torch", "compiled"):
         assert all(key in r for r in rows), key
     assert rows[0]["speedup"] == 1.0 and rows[1]["ideal"] > 1.2
+
+
+def test_cuda_graphs_need_compile_and_a_gpu():
+    from ebtune.bench.command import main
+
+    with pytest.raises(ConfigError, match="cuda_graphs=true captures the compiled fast path; set compile=true"):
+        parse_settings(["cuda_graphs=true"])
+    with pytest.raises(ConfigError, match="cuda_graphs=true needs a CUDA device, and this run is on cpu"):
+        main(["cuda_graphs=true", "compile=true", "device=cpu", "out=/nonexistent/never-written"])
+
+
+def test_tensor_peak_counts_live_tensor_bytes():
+    import torch
+
+    from ebtune.bench.memory import TensorPeak
+
+    kept = torch.zeros(10)
+    with TensorPeak(torch.device("cpu")) as peak:
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 8 MB alive at once
+        del a
+        c = b + 1  # 8 MB again: a was freed first
+        del b, c
+        d = torch.ones(500, 1000)  # 2 MB, below the peak
+        del kept, d  # frees of earlier tensors only lower the live count
+    assert peak.bytes == pytest.approx(8_000_000, abs=4096)

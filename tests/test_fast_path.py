@@ -74,3 +74,62 @@ def test_inductor_matches_eager_within_float32_tolerance(small_dit):
     # wrong variant cannot hide inside this tolerance.
     for f in fast:
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graphs_refuse_a_cpu_model_and_leave_it_untouched(small_dit):
+    from ebtune.cache.graphs import CudaGraphs
+
+    sampler = make_sampler("ddim", STEPS)
+    with CachedModel(small_dit, _mixed(sampler)) as cache:
+        with pytest.raises(RuntimeError, match="CUDA graphs need the model on a CUDA device, and it is on cpu; "
+                                               "sample with cuda_graphs=false"):
+            FastPath("eager", graphs=CudaGraphs()).attach(cache)
+        assert not any("forward" in vars(m) for m in (small_dit, *small_dit.blocks))
+        assert not hasattr(small_dit, "_ebtune_fast_path")
+
+
+def test_static_cache_writes_in_place_and_refuses_an_empty_reuse():
+    from ebtune.cache.graphs import StaticCache
+
+    store, first, second = StaticCache(), torch.ones(2, 3), torch.full((2, 3), 5.0)
+    store.put((0, "attn"), first)
+    buffer = store.get((0, "attn"))
+    assert buffer is not first and torch.equal(buffer, first)  # its own buffer, not the caller's tensor
+    store.put((0, "attn"), second)
+    assert store.get((0, "attn")) is buffer and torch.equal(buffer, second)  # same address, new values
+    with pytest.raises(RuntimeError, match="block 1 mlp is scheduled for reuse but nothing is cached"):
+        store.get((1, "mlp"))
+
+
+def test_static_buffer_dispatch_matches_eager_with_replays_emulated(small_dit, monkeypatch):
+    """The CUDA-graph path without CUDA: a 'graph' that replays by calling the model on the static inputs
+    into the static output, as a captured graph would. Samples must equal eager bit for bit (eager
+    backend), on the first run (captures) and a second one (replays), and close must restore `forward`."""
+    from ebtune.cache import graphs as graphs_module
+
+    class Replayed(graphs_module.CudaGraphs):
+        captures = 0
+
+        def _capture(self, forward):
+            Replayed.captures += 1
+            out = forward(*self._inputs)
+
+            class Graph:
+                def replay(self_graph):
+                    out.copy_(forward(*self._inputs))
+
+            return Graph(), out
+
+    monkeypatch.setattr(graphs_module, "require_cuda", lambda model: None)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    sampler = make_sampler("ddim", STEPS, Guidance(1.5, SMALL.num_classes))
+    noise, labels = _inputs()
+    store = Replayed()
+    samples = []
+    for _ in range(2):
+        with CachedModel(small_dit, _mixed(sampler)) as cache, FastPath("eager", graphs=store).attach(cache):
+            samples.append(sampler.sample(small_dit, noise, labels, cache))
+    assert Replayed.captures == 4  # the mixed schedule's four step patterns, captured once across both runs
+    expected = _eager_samples(small_dit)
+    assert all(torch.equal(s, expected) for s in samples)
+    assert not any("forward" in vars(m) for m in (small_dit, *small_dit.blocks))

@@ -17,6 +17,7 @@ from ebtune.bench.latency import DTYPES, bench_schedule, make_setup, measure
 from ebtune.bench.settings import BenchSettings, model_spec, parse_settings
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
+from ebtune.cache.graphs import CudaGraphs
 from ebtune.core.dit import DiTConfig
 from ebtune.errors import ConfigError
 from ebtune.run.loading import ModelSpec
@@ -29,7 +30,9 @@ HELP = (
     "Time sampling under each schedule against no cache; print a table and write a JSON list of rows to out=DIR. "
     "Settings: model=<config name, e.g. dit-tiny, dit-xl; random weights> steps=50 batch=N or [1,8,32] "
     "precision=fp32|bf16 (or a list) 'schedules=[none,attn-only,mlp-only,fora2,fora3,ebcache-table,file:PATH]' "
-    "schedule_file=PATH compile=true|false (torch.compile each block per cache state) out=bench/results/ "
+    "schedule_file=PATH compile=true|false (torch.compile each block per cache state) cuda_graphs=true|false "
+    "(with compile=true, CUDA only: one CUDA graph per step pattern) versus_eager=true|false (with compile=true: "
+    "eager timed in the same interleaved rounds, rows get eager_seconds and vs_eager) out=bench/results/ "
     "device=auto|cpu|cuda threads=N repeats=3 warmup=1 max_batch=true|false (largest batch that fits, GPU only)."
 )
 
@@ -53,18 +56,22 @@ def _device_name(device: torch.device) -> str:
 def bench_rows(settings: BenchSettings, device: torch.device) -> list[dict]:
     """Every batch × precision measured; rows carry their configuration."""
     spec = model_spec(settings.model)
-    fast = FastPath() if settings.compile else None
     rows = []
     for precision in settings.precision:
         for batch in settings.batch:
+            # CUDA graphs are captured per model and batch shape, so each configuration gets its own.
+            fast = FastPath(graphs=CudaGraphs() if settings.cuda_graphs else None) if settings.compile else None
             if fast is not None:
                 torch._dynamo.reset()  # 4 graphs per shape; a fresh shape must not meet the recompile limit
             setup = make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], fast)
+            eager = (make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], None)
+                     if settings.versus_eager else None)
             names = list(settings.schedules)
             schedules = [bench_schedule(n, spec.name, spec.config, setup.sampler) for n in names]
-            for row in measure(setup, names, schedules, settings.repeats, settings.warmup):
+            for row in measure(setup, names, schedules, settings.repeats, settings.warmup, eager):
                 rows.append({**row, "model": spec.name, "steps": settings.steps, "batch": batch, "precision": precision,
-                             "device": _device_name(device), "compiled": settings.compile, "torch": torch.__version__})
+                             "device": _device_name(device), "compiled": settings.compile,
+                             "cuda_graphs": settings.cuda_graphs, "torch": torch.__version__})
     return rows
 
 
@@ -96,12 +103,14 @@ def max_batch(spec: ModelSpec, precision: str, device: torch.device) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
+    versus = "vs_eager" in rows[0]
     print(f"{'batch':>6} {'prec':>5} {'schedule':<16}{'seconds':>9}{'speedup':>9}{'MAC-ideal':>10}{'time-ideal':>11}"
-          f"{'eff':>7}{'time-eff':>9}{'peak MiB':>10}")
+          f"{'eff':>7}{'time-eff':>9}{'peak MiB':>10}{'tensor MiB':>11}" + (f"{'eager s':>9}{'vs eager':>9}" if versus else ""))
     for r in rows:
         print(f"{r['batch']:>6} {r['precision']:>5} {r['schedule']:<16}{r['seconds']:>9.3f}{r['speedup']:>8.2f}x"
               f"{r['ideal']:>9.2f}x{r['time_ideal']:>10.2f}x{r['efficiency']:>7.2f}{r['time_efficiency']:>9.2f}"
-              f"{r['peak_mem_bytes'] / 2**20:>10.1f}")
+              f"{r['peak_mem_bytes'] / 2**20:>10.1f}{r['peak_tensor_bytes'] / 2**20:>11.1f}"
+              + (f"{r['eager_seconds']:>9.3f}{r['vs_eager']:>8.2f}x" if versus else ""))
 
 
 def main(tokens: Sequence[str]) -> int:
@@ -117,9 +126,12 @@ def main(tokens: Sequence[str]) -> int:
     device = _device(settings.device)
     if settings.compile and not torch._dynamo.is_dynamo_supported():
         raise ConfigError("compile=true but torch.compile is not supported on this Python/platform; use compile=false")
+    if settings.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=true needs a CUDA device, and this run is on {device.type}; use cuda_graphs=false")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    mode = "compiled" if settings.compile else "eager"
+    mode = (("compiled+graphs" if settings.cuda_graphs else "compiled") + ("-vs-eager" if settings.versus_eager else "")
+            if settings.compile else "eager")
     tag = f"{settings.model}-{device.type}-{'_'.join(settings.precision)}-b{'_'.join(map(str, settings.batch))}-{mode}"
     print(f"{settings.model}, {settings.steps} steps DDIM, {_device_name(device)}, {mode}, torch {torch.__version__}")
     rows = bench_rows(settings, device)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ebtune.bench.memory import METHODS, peak_bytes, reset_peak
+from ebtune.bench.memory import METHODS, TensorPeak, peak_bytes, reset_peak
 from ebtune.bench.settings import FILE_PREFIX
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
@@ -45,8 +45,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Median wall time of each fn; rounds run every fn once, so drifting machine load hits all alike."""
+def interleaved_times(fns: list[Callable[[], object]], repeats: int, warmup: int, device: torch.device) -> list[list[float]]:
+    """Wall times of each fn per round; a round runs every fn once, in order, so drifting machine load
+    hits all alike and neighbours in `fns` run back to back."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -58,7 +59,12 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: i
             fn()
             sync(device)
             times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """Median wall time of each fn over interleaved rounds (see `interleaved_times`)."""
+    return [statistics.median(t) for t in interleaved_times(fns, repeats, warmup, device)]
 
 
 def random_model(config: DiTConfig, device: torch.device, dtype: torch.dtype) -> DiT:
@@ -165,30 +171,58 @@ def cache_bytes(config: DiTConfig, model_batch: int, dtype: torch.dtype) -> int:
     return 2 * config.depth * model_batch * config.num_patches * config.hidden_size * itemsize
 
 
-def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: int, warmup: int) -> list[dict]:
-    """Rows of seconds, speedups, ideals, efficiencies and peak memory, one per schedule (names[0] is none)."""
+def _run_arg(setup: Setup, name: str, schedule: Schedule) -> Schedule | None:
+    """What `Setup.run` samples for a bench row: eager "none" is the bare model, the true baseline (the
+    fast path needs a cache to dispatch on, so there it is the all-compute schedule)."""
+    return None if name == "none" and setup.fast is None else schedule
+
+
+def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: int, warmup: int,
+            eager: Setup | None = None) -> list[dict]:
+    """Rows of seconds, speedups, ideals, efficiencies and peak memory, one per schedule (names[0] is none).
+
+    Args:
+        eager: the same model and inputs without the fast path, timed in the same interleaved rounds
+            as `setup`, each eager run right after the fast run of its schedule; a row's `vs_eager` is
+            the median over rounds of eager seconds / fast seconds of those neighbours.
+    """
     config, dev = setup.model.config, setup.device
-    # Eager "none" is the bare model, the true baseline; the fast path needs a cache to dispatch on.
-    runs = [None if name == "none" and setup.fast is None else s for name, s in zip(names, schedules)]
+    runs = [_run_arg(setup, name, s) for name, s in zip(names, schedules)]
     costs = setup.branch_costs(repeats * 5, warmup)
-    peaks = []
+    peaks, tensor_peaks = [], []
     for run in runs:
         setup.run(run)  # warm: compiled graphs and allocator pools exist before the peak is reset
         reset_peak(dev)
-        setup.run(run)
+        with TensorPeak(dev) as tensors:
+            setup.run(run)
         peaks.append(peak_bytes(dev))
-    seconds = interleaved_medians([lambda r=r: setup.run(r) for r in runs], repeats, warmup, dev)
+        tensor_peaks.append(tensors.bytes)
+    fns = [lambda r=r: setup.run(r) for r in runs]
+    if eager is not None:  # each schedule's eager run right after its fast one, so their ratio is of neighbours
+        eager_fns = [lambda r=_run_arg(eager, name, s): eager.run(r) for name, s in zip(names, schedules)]
+        fns = [fn for pair in zip(fns, eager_fns) for fn in pair]
+    times = interleaved_times(fns, repeats, warmup, dev)
+    step = 2 if eager is not None else 1
+    seconds = [statistics.median(t) for t in times[::step]]
+    # vs_eager: median over rounds of eager / fast seconds of the same round's neighbouring runs.
+    vs_eager = [statistics.median(e / f for e, f in zip(te, tf)) for tf, te in zip(times[::2], times[1::2])] if eager else []
+    eager_seconds = [statistics.median(t) for t in times[1::2]] if eager else []
     model_batch = setup.noise.shape[0] * (2 if setup.sampler.guidance.active else 1)
     base = seconds[names.index("none")]
     rows = []
-    for name, schedule, sec, peak in zip(names, schedules, seconds, peaks):
+    uncached_tensors = tensor_peaks[names.index("none")]
+    for name, schedule, sec, peak, tensor_peak in zip(names, schedules, seconds, peaks, tensor_peaks):
         speedup, ideal = base / sec, ideal_speedup(config, schedule)
         time_ideal = costs.seconds(no_cache(schedule.steps, config.depth)) / costs.seconds(schedule)
         rows.append({
             "schedule": name, "seconds": round(sec, 4), "speedup": round(speedup, 3), "ideal": round(ideal, 3),
             "time_ideal": round(time_ideal, 3), "efficiency": round(speedup / ideal, 3),
             "time_efficiency": round(speedup / time_ideal, 3), "peak_mem_bytes": peak,
+            "peak_tensor_bytes": tensor_peak, "tensor_bytes_over_uncached": tensor_peak - uncached_tensors,
             "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": METHODS[dev.type],
             "branch_seconds": {"fixed": round(costs.fixed, 6), "attn": round(costs.attn, 6), "mlp": round(costs.mlp, 6)},
         })
+        if eager is not None:
+            i = names.index(name)
+            rows[-1].update(eager_seconds=round(eager_seconds[i], 4), vs_eager=round(vs_eager[i], 3))
     return rows

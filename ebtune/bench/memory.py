@@ -1,4 +1,5 @@
-"""Peak memory of one measured run: GPU allocator peak on CUDA, process peak RSS on CPU.
+"""Peak memory of one measured run: GPU allocator peak on CUDA, process peak RSS on CPU, and on
+either the peak of live tensor bytes above the run's start (`TensorPeak`).
 
 CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats` (tensor bytes; the
 allocator's cached free blocks are not counted). CPU: the kernel's peak resident set size (VmHWM of
@@ -6,6 +7,12 @@ allocator's cached free blocks are not counted). CPU: the kernel's peak resident
 /proc/self/clear_refs (Linux ≥ 4.0) after glibc's `malloc_trim` hands freed heap back, so the peak
 is the run's own and not an earlier one's. `getrusage` alone cannot be reset, and tracemalloc does
 not see torch's allocations.
+
+`TensorPeak` counts tensor memory only: the torch profiler's allocator records (`profile_memory`:
+every CPU allocation and free by any op, compiled kernels included, in time order), summed into the
+live bytes over time. Its peak above the start is what a run adds to the model and its inputs,
+without the allocator's or the kernel's slack that RSS carries, so cached and uncached runs can be
+compared to the byte with the cache's own size.
 """
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ import ctypes.util
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs)"}
 
@@ -51,3 +60,34 @@ def peak_bytes(device: torch.device) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status; CPU peak memory needs Linux")
+
+
+class TensorPeak:
+    """`with TensorPeak(device) as peak: run()`, then `peak.bytes`: the most tensor bytes alive at once
+    during the block beyond those alive at its start. CUDA: the allocator's peak over its start; CPU:
+    the profiler's allocation and free records summed in time order."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bytes = 0
+
+    def __enter__(self) -> "TensorPeak":
+        if self.device.type == "cuda":
+            reset_peak(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.bytes = peak_bytes(self.device) - self._start
+            return
+        self._prof.__exit__(*exc)
+        records = sorted((e.start_ns(), e.nbytes()) for e in self._prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+        live = 0
+        for _, nbytes in records:
+            live += nbytes
+            self.bytes = max(self.bytes, live)

@@ -90,6 +90,8 @@ class BenchSettings:
     precision: tuple[str, ...] = ("fp32",)
     schedules: tuple[str, ...] = SCHEDULE_NAMES
     compile: bool = False
+    cuda_graphs: bool = False  # replay one CUDA graph per step pattern (compiled fast path, CUDA only)
+    versus_eager: bool = False  # with compile=true, also time eager in the same interleaved rounds
     out: str = "bench/results/"
     device: str = "auto"
     repeats: int = 3
@@ -106,11 +108,15 @@ class BenchSettings:
                 raise ConfigError(f"unknown schedule {s!r}; choose from {', '.join(SCHEDULE_NAMES)} or file:PATH")
         if "none" not in self.schedules:
             raise ConfigError("schedules must include none: every speedup is measured against it")
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("cuda_graphs=true captures the compiled fast path; set compile=true as well")
+        if self.versus_eager and not self.compile:
+            raise ConfigError("versus_eager=true times the fast path against eager; set compile=true as well")
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "model": str, "steps": count, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
-    "compile": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
+    "compile": boolean, "cuda_graphs": boolean, "versus_eager": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
     "threads": count,
 }
 

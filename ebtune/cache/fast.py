@@ -11,7 +11,8 @@ runs whole, since its gates are needed either way and it is 6·D² of a block's 
 
 Dynamo keeps at most `torch._dynamo.config.recompile_limit` (8) graphs per function: two input
 shapes or dtypes. A process that samples more shapes calls `torch._dynamo.reset()` between them.
-Eager (no fast path) stays the default; CUDA graphs are not captured.
+Eager (no fast path) stays the default. `FastPath(graphs=CudaGraphs())` (CUDA only) also replays one
+CUDA graph per distinct step pattern over static cache buffers (`ebtune.cache.graphs`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from typing import Callable
 import torch
 
 from ebtune.cache.adapters import adapter_for
-from ebtune.cache.engine import CachedModel
+from ebtune.cache.engine import CacheState, CachedModel
+from ebtune.cache.graphs import CudaGraphs, StaticCache
 from ebtune.core.dit import DiTBlock
+from ebtune.core.schedule import BRANCHES
 
 _MARK = "_ebtune_fast_path"
 _MISSING = object()
@@ -57,9 +60,11 @@ def block_step(
 @dataclass(frozen=True)
 class FastPath:
     """How to compile the blocks: a `torch.compile` backend ("inductor"; "eager" or "aot_eager"
-    trace the same graphs without generating code, for tests)."""
+    trace the same graphs without generating code, for tests), and optionally the CUDA graphs each
+    step pattern replays (the model must be on a CUDA device; one `CudaGraphs` per model and batch)."""
 
     backend: str = "inductor"
+    graphs: CudaGraphs | None = None
 
     def attach(self, cache: CachedModel) -> "FastBlocks":
         return FastBlocks(cache, self)
@@ -70,7 +75,8 @@ class FastBlocks:
     `forward`. Close it before the cache (nested `with` does).
 
     Raises:
-        RuntimeError: torch.compile is unsupported here, or a fast path is already attached.
+        RuntimeError: torch.compile is unsupported here, a fast path is already attached, or
+            graphs are given and the model is not on a CUDA device (or not theirs).
         TypeError: a block is not ebtune's `DiTBlock` (other families run eager).
     """
 
@@ -84,24 +90,38 @@ class FastBlocks:
         for block in blocks:
             if type(block) is not DiTBlock:
                 raise TypeError(f"the fast path compiles ebtune's DiTBlock, not {type(block).__name__}; sample eager")
+        if fast.graphs is not None:
+            fast.graphs.bind(model)
         self.model = model
-        # What each block's instance dict held under "forward" before (usually nothing), to restore exactly.
+        # What each block's (and the model's) instance dict held under "forward" before (usually nothing),
+        # to restore exactly.
         self._previous = [(block, vars(block).get("forward", _MISSING)) for block in blocks]
         step: StepFn = torch.compile(block_step, backend=fast.backend, dynamic=False, fullgraph=True)
+        store = cache.state if fast.graphs is None else fast.graphs.cache
         for index, block in enumerate(blocks):
-            object.__setattr__(block, "forward", self._dispatcher(cache, index, block, step))
+            object.__setattr__(block, "forward", self._dispatcher(cache, store, index, block, step))
+        if fast.graphs is not None:  # the whole model call becomes a replay of the step pattern's graph
+            self._previous.append((model, vars(model).get("forward", _MISSING)))
+            graphs, forward, depth = fast.graphs, model.forward, len(blocks)
+
+            def replay(*args: torch.Tensor) -> torch.Tensor:
+                pattern = tuple(cache.computes(block, branch) for block in range(depth) for branch in BRANCHES)
+                return graphs.run(pattern, forward, *args)
+
+            object.__setattr__(model, "forward", replay)
         setattr(model, _MARK, self)
 
     @staticmethod
-    def _dispatcher(cache: CachedModel, index: int, block: DiTBlock, step: StepFn) -> Callable[..., torch.Tensor]:
+    def _dispatcher(cache: CachedModel, store: CacheState | StaticCache, index: int, block: DiTBlock,
+                    step: StepFn) -> Callable[..., torch.Tensor]:
         keys = {branch: (index, branch) for branch in ("attn", "mlp")}
 
         def forward(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            given = {b: None if cache.computes(index, b) else cache.state.get(k) for b, k in keys.items()}
+            given = {b: None if cache.computes(index, b) else store.get(k) for b, k in keys.items()}
             x, attn, mlp = step(block, x, c, given["attn"], given["mlp"])
             for branch, out in (("attn", attn), ("mlp", mlp)):
                 if given[branch] is None:
-                    cache.state.put(keys[branch], out)
+                    store.put(keys[branch], out)
             return x
 
         return forward

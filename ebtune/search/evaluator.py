@@ -5,13 +5,23 @@ class-balanced labels, and batch b of `batch_size` images drawn from seed `seed 
 noise) and `seed + 2b + 1` (the sampler's step noise), so two schedules differ only by the cache.
 The batches double as the latency runs: each batch is timed (synchronised on GPU, decoding
 included), the first `latency_warmup` batches and a partial last batch are not counted, and
-`latency_s` is the median of the rest. Reported metrics (see `pareto.DIRECTIONS`):
+`latency_s` is the median of the rest.
+
+Latency is paired: before each of the first `metric.latency_pairs` timed batches, the same batch
+(noise, labels, step noise) is sampled uncached at the search's step count and timed, not scored.
+`latency_speedup` is the median over those pairs of reference seconds / trial seconds. The two runs
+of a pair are adjacent in time in one process, so whatever slows the machine then (a concurrent
+trial, another program) slows both and cancels in their ratio; the median of per-pair ratios keeps
+that cancellation pair by pair, where a ratio of two medians could divide a slow moment by a quiet
+one. `latency_pairs: 0` divides the reference's own latency, measured once when it ran
+(`Reference.latency_s`), as before. Reported metrics (see `pareto.DIRECTIONS`):
 
 - fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
   standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
 - macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
-  step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it);
+  step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
+  paired as above); latency_pairs: how many pairs that ratio is the median of;
 - distance: RMS difference of the final latents to the uncached run from the same noise;
 - fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images, the cheap
   first fidelity that lets a search stop a hopeless trial early (see `evaluate`'s gate); images:
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -30,6 +41,7 @@ import torch
 from ebtune.cache.engine import CachedModel
 from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
+from ebtune.errors import ConfigError
 from ebtune.metrics.fid import draws_std
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
@@ -41,6 +53,11 @@ from ebtune.search.pareto import std_key
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
 GRID_IMAGES = 20
 GRID_MAX_SIDE = 64
+# Uncached timing-only batches per trial when `metric.latency_pairs` is not set. Each costs one
+# no-cache batch (a trial pruned at the first fidelity pays only those before its gate). On the
+# shared 2-core CPU, 4 kept two concurrent trials within 4 % of a lone run's latency_speedup, where 2
+# and 3 let single pairs miss by up to 20-28 % (bench/paired_latency.py).
+LATENCY_PAIRS = 4
 
 
 class TrialError(RuntimeError):
@@ -93,6 +110,18 @@ def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
     return min(batch_size, n_samples // (warmup + 1))
 
 
+def latency_pairs(metric: Mapping[str, Any]) -> int:
+    """`metric.latency_pairs` (default `LATENCY_PAIRS`): uncached reference batches timed per trial.
+
+    Raises:
+        ConfigError: not a whole number >= 0.
+    """
+    value = metric.get("latency_pairs", LATENCY_PAIRS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"metric.latency_pairs must be a whole number >= 0 (0 = unpaired latency), got {value!r}")
+    return value
+
+
 class Evaluator:
     """The model, sampler, labels and FID evaluator of one search, loaded once per process.
 
@@ -113,12 +142,14 @@ class Evaluator:
         self.n_samples = int(metric["n_samples"])
         self.warmup = int(metric["latency_warmup"])
         self.batch = latency_batch(self.n_samples, int(metric["batch_size"]), self.warmup)
+        self.pairs = min(latency_pairs(metric), self.timed_batches)
         self.seed = int(cfg["seed"])
         self.bootstrap = int(metric.get("bootstrap", 0))
         self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
         self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
-        self.ref_macs = self.macs(no_cache(self.sampler.steps, self.loaded.config.depth), self.sampler)
+        self.no_cache = no_cache(self.sampler.steps, self.loaded.config.depth)
+        self.ref_macs = self.macs(self.no_cache, self.sampler)
 
     @property
     def ctx(self) -> ScheduleContext:
@@ -154,14 +185,25 @@ class Evaluator:
         """
         sampler = sampler or self.sampler
         macs = self.macs(schedule, sampler)
-        images, latents, seconds, proxy, proxy_draws = [], [], [], None, ()
-        with CachedModel(self.loaded.model, schedule) as cache:  # attached once for every batch
+        pairs = 0 if reference is None else self.pairs
+        images, latents, seconds, ratios, proxy, proxy_draws = [], [], [], [], None, ()
+        with ExitStack() as attached:
+            # Attached once for every batch, except around a paired reference run: a model carries one cache at a time.
+            cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
             for b, lo in enumerate(range(0, self.n_samples, self.batch)):
-                out = generate(self.loaded, sampler, cache, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
+                labels, seed = self.labels[lo:lo + self.batch], self.seed + 2 * b
+                paired = self.warmup <= b < self.warmup + pairs  # full batches: pairs <= timed_batches
+                if paired:
+                    attached.close()
+                    reference_s = self.reference_seconds(labels, seed)
+                    cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
+                out = generate(self.loaded, sampler, cache, labels, seed, self.batch)
                 images.append(out.images)
                 latents.append(out.latents.float().cpu())
                 if b >= self.warmup and len(out.labels) == self.batch:
                     seconds.append(out.seconds)
+                if paired:
+                    ratios.append(reference_s / out.seconds)
                 done = lo + len(out.labels)
                 if proxy is None and 0 < self.n_proxy <= done:
                     q, draws = self.fid.score_draws(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
@@ -183,7 +225,7 @@ class Evaluator:
             "macs": macs,
             "speedup": self.ref_macs / macs,
             "latency_s": latency,
-            "latency_speedup": 1.0 if reference is None else reference.latency_s / latency,
+            "latency_speedup": latency_speedup(reference, latency, ratios),
             "distance": 0.0 if reference is None else float(np.sqrt(np.mean((final.numpy() - reference.latents) ** 2))),
         }
         if self.spec.decoder == "digits":  # the digits classifier reads what any digits model draws
@@ -195,12 +237,28 @@ class Evaluator:
             raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
         return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), proxy_draws)
 
+    def reference_seconds(self, labels: torch.Tensor, seed: int) -> float:
+        """Wall time of sampling `labels` from `seed` uncached with the search's sampler, as `evaluate`
+        times a batch (decoding included); timing only, nothing is scored."""
+        with CachedModel(self.loaded.model, self.no_cache) as cache:
+            return generate(self.loaded, self.sampler, cache, labels, seed, self.batch).seconds
+
     def provenance(self) -> dict[str, Any]:
         """How the metrics were measured, for schedule files and the MLflow parent run."""
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
         return {"fid_evaluator": self.fid.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
                 "labels": "class-balanced", "latency": {"batch_size": self.batch, "warmup_batches": self.warmup,
-                                                        "timed_batches": self.timed_batches, "device": device}}
+                                                        "timed_batches": self.timed_batches, "paired_batches": self.pairs,
+                                                        "device": device}}
+
+
+def latency_speedup(reference: Reference | None, latency_s: float, ratios: list[float]) -> float:
+    """No-cache over cached latency: the median of the paired ratios (reference seconds / trial seconds of
+    the same batch, run back to back); without pairs the reference's own latency over `latency_s`; 1 for
+    the reference itself (`reference` None)."""
+    if reference is None:
+        return 1.0
+    return statistics.median(ratios) if ratios else reference.latency_s / latency_s
 
 
 def _small(images: np.ndarray) -> np.ndarray:
