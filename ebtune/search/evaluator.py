@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -155,7 +156,9 @@ class Evaluator:
         sampler = sampler or self.sampler
         macs = self.macs(schedule, sampler)
         images, latents, seconds, proxy, proxy_draws = [], [], [], None, ()
-        with CachedModel(self.loaded.model, schedule) as cache:  # attached once for every batch
+        observe = getattr(gate, "observe", None) if self.n_proxy else None  # a gate that reads the run (gap_gate)
+        with CachedModel(self.loaded.model, schedule) as cache, \
+                (observe(cache, sampler) if observe else nullcontext()):  # attached once for every batch
             for b, lo in enumerate(range(0, self.n_samples, self.batch)):
                 out = generate(self.loaded, sampler, cache, self.labels[lo:lo + self.batch], self.seed + 2 * b, self.batch)
                 images.append(out.images)
