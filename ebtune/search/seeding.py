@@ -105,7 +105,8 @@ def seed_study(study: optuna.Study, space: SearchSpace, evaluator: Any, n_trials
     """Enqueue a new study's seeds (at most `n_trials`, the calibrated one last) and return the space
     with the calibrated masks attached where the seed needs them (from the study when resuming)."""
     attr = study.user_attrs.get(STUDY_ATTR)
-    if space.calibrated_seed and attr is None and not study.trials:
+    fits = len(space.seeds) < n_trials  # seeds past `trials=` are never evaluated: then do not calibrate either
+    if space.calibrated_seed and fits and attr is None and not study.trials:
         schedule = calibrate(space, evaluator)
         eps_values = {k: v for k, v in space.calibrated_seed.items() if k.startswith(EPS_PREFIX)}
         point, agree = nearest_point(space, schedule, evaluator.ctx, eps_values)
