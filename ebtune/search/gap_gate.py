@@ -106,14 +106,14 @@ def gap_beaten(mine: GapRecord, known: Sequence[GapRecord], z: float = NOISE_Z) 
 
 
 @functools.lru_cache(maxsize=2)
-def real_reference(evaluator: Any) -> np.ndarray:
-    """‖ε‖_i of the evaluator's model on REAL_IMAGES forward-noised real images (class-balanced,
-    drawn from the search seed), computed once per evaluator: (K,)."""
+def real_reference(evaluator: Any, images: int = REAL_IMAGES) -> np.ndarray:
+    """‖ε‖_i of the evaluator's model on `images` forward-noised real images (class-balanced, drawn
+    from the search seed), computed once per evaluator: (K,)."""
     from ebtune.diagnostics.exposure import real_eps_norms
     from ebtune.diagnostics.reference import real_latents
     from ebtune.run.generate import class_balanced_labels
 
-    labels = class_balanced_labels(REAL_IMAGES, evaluator.loaded.config.num_classes)
+    labels = class_balanced_labels(images, evaluator.loaded.config.num_classes)
     real = real_latents(evaluator.loaded, labels, evaluator.seed)
     if real is None:
         raise ConfigError(f"model {evaluator.spec.name!r} has no real data for the gap; set metric.gap_prune=false")
