@@ -61,9 +61,12 @@ def main() -> None:
     for i, seed in enumerate(space.seeds):
         spec = space.spec({**space.corners()[0], **seed})
         panel.append((f"ebcache seed {i}", spec.family, dict(spec.params), spec.eps_form))
-    rows = []
+    rows, seen = [], []
     for name, family, params, eps in panel:
         schedule = ScheduleSpec.of(family, params, eps).build(ev.ctx)
+        if schedule in seen:  # a seed that is a panel schedule already (FORA with b(t))
+            continue
+        seen.append(schedule)
         gate = GapGate(lambda proxy, draws: True, [], reference, ev.loaded.config.in_channels, ev.n_proxy,
                        ev.bootstrap, ev.seed)
         m = ev.evaluate(schedule, None, gate=gate).metrics
