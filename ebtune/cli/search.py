@@ -99,6 +99,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     )
     from ebtune.schedules import ScheduleContext
     from ebtune.search.evaluator import latency_batch
+    from ebtune.search.gap_gate import check_gap_prune
     from ebtune.search.pareto import Constraint
     from ebtune.search.space import load_space
 
@@ -123,6 +124,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(str(e)) from None
     if int(metric["n_samples"]) < 2:
         raise ConfigError("metric.n_samples must be at least 2 (FID needs a covariance)")
+    check_gap_prune(metric, spec.decoder)
     name = cfg["name"] or (Path(cfg["out"]).name if cfg["out"] else
                          f"{spec.name}-{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if not name or any(c in name for c in "/\\'\""):
@@ -232,6 +234,7 @@ def _search(plan: dict[str, Any]) -> int:
     from ebtune.search.job import Job
     from ebtune.search.launchers import LAUNCHERS
     from ebtune.search.recorder import Recorder, git_commit
+    from ebtune.search.seeding import seed_study
     from ebtune.search.study import done_trials, fail_interrupted, open_study, storage
     from ebtune.search.tracking import SearchTracker, default_uri
 
@@ -255,9 +258,7 @@ def _search(plan: dict[str, Any]) -> int:
     store = storage(folder)
     study = open_study(store, name, objectives, settings, cfg["search"], bool(constraints))
     interrupted = fail_interrupted(study)
-    if not study.trials:
-        for seed in space.seeds[: int(cfg["search"]["n_trials"])]:
-            study.enqueue_trial(seed, skip_if_exists=True)
+    space = seed_study(study, space, evaluator, int(cfg["search"]["n_trials"]))  # the seeds, a calibrated one included
     uri = cfg["tracking"]["uri"] or default_uri()
     tracker = SearchTracker(uri, cfg["tracking"]["experiment"] or f"ebtune/{plan['spec'].name}")
     info = {"search": name, "model": plan["spec"].name, "steps": evaluator.sampler.steps, "sampler": cfg["sampler"]["name"],

@@ -25,13 +25,8 @@ from torch import nn
 
 from ebtune.cache.engine import CachedModel
 from ebtune.core.schedule import BRANCHES, Schedule
-from ebtune.diagnostics.recording import CacheErrorProbe, StepRecorder
+from ebtune.diagnostics.recording import CacheErrorProbe, StepRecorder, image_rms
 from ebtune.sampling.samplers import Sampler
-
-
-def image_rms(x: torch.Tensor) -> torch.Tensor:
-    """Per-image RMS √(mean over C·H·W of x²): (N, ...) → (N,) float64."""
-    return x.double().flatten(1).pow(2).mean(dim=1).sqrt()
 
 
 def snr_estimate(x_t: torch.Tensor, x0: torch.Tensor) -> float:

@@ -8,8 +8,9 @@ the cache engine's branch callables from outside, evaluating the uncached altern
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,11 @@ from ebtune.core.schedule import BRANCHES
 from ebtune.sampling.samplers import Sampler
 
 _ALL = (True, True)
+
+
+def image_rms(x: torch.Tensor) -> torch.Tensor:
+    """Per-image RMS √(mean over C·H·W of x²): (N, ...) → (N,) float64."""
+    return x.double().flatten(1).pow(2).mean(dim=1).sqrt()
 
 
 def _relative_rms(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -53,6 +59,51 @@ class StepRecorder:
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
+
+
+class EpsNormRecorder:
+    """Records, per model call, the per-image RMS of the guided ε times the step's ε factor (the ε
+    the sampler uses): the cheap part of the exposure-bias gap (`image_rms`), kept on the model's
+    device until read.
+
+    A forward hook like `StepRecorder`, but it keeps one number per image and step instead of the
+    tensors, so a search can leave it on while it samples. Calls arrive batch by batch, K per batch.
+
+    Args:
+        eps_scale: the schedule's factor per step (K,); None = 1.
+    """
+
+    def __init__(self, model: nn.Module, sampler: Sampler, channels: int, eps_scale: Sequence[float] | None = None):
+        self.sampler, self.channels = sampler, channels
+        self.eps_scale = np.asarray(eps_scale if eps_scale is not None else [1.0] * sampler.steps, dtype=np.float64)
+        self._norms: list[torch.Tensor] = []
+        self._model = model
+        self._handle: Any = None
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        eps, _ = self.sampler.guided(output, self.channels)
+        self._norms.append(image_rms(eps.detach()))
+
+    def per_image(self) -> np.ndarray:
+        """(N, K): row n is image n's ‖ε̂‖ (scaled) at each of the K steps, for the N images sampled so far.
+
+        Raises:
+            RuntimeError: the calls do not form whole K-step runs (a policy or probe added forwards).
+        """
+        K = self.sampler.steps
+        if len(self._norms) % K:
+            raise RuntimeError(f"recorded {len(self._norms)} model calls, not whole runs of {K} steps")
+        runs = [torch.stack(self._norms[b:b + K], dim=1) for b in range(0, len(self._norms), K)]
+        return torch.cat(runs).cpu().numpy() * self.eps_scale if runs else np.empty((0, K))
+
+    def __enter__(self) -> "EpsNormRecorder":
+        self._handle = self._model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 class CacheErrorProbe:

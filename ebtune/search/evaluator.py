@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -187,9 +187,11 @@ class Evaluator:
         macs = self.macs(schedule, sampler)
         pairs = 0 if reference is None else self.pairs
         images, latents, seconds, ratios, proxy, proxy_draws = [], [], [], [], None, ()
+        observe = getattr(gate, "observe", None) if self.n_proxy else None  # a gate that reads the run (gap_gate)
         with ExitStack() as attached:
             # Attached once for every batch, except around a paired reference run: a model carries one cache at a time.
             cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
+            watch = observe(cache, sampler) if observe else None
             for b, lo in enumerate(range(0, self.n_samples, self.batch)):
                 labels, seed = self.labels[lo:lo + self.batch], self.seed + 2 * b
                 paired = self.warmup <= b < self.warmup + pairs  # full batches: pairs <= timed_batches
@@ -197,7 +199,9 @@ class Evaluator:
                     attached.close()
                     reference_s = self.reference_seconds(labels, seed)
                     cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
-                out = generate(self.loaded, sampler, cache, labels, seed, self.batch)
+                # The gap gate watches this trial's proxy batches only, never the uncached reference runs.
+                with watch if watch is not None and proxy is None else nullcontext():
+                    out = generate(self.loaded, sampler, cache, labels, seed, self.batch)
                 images.append(out.images)
                 latents.append(out.latents.float().cpu())
                 if b >= self.warmup and len(out.labels) == self.batch:

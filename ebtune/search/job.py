@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference
+from ebtune.search.gap_gate import GapGate, gap_enabled
 from ebtune.search.pareto import NOISE_Z
 from ebtune.search.recorder import Recorder
 from ebtune.search.space import SearchSpace
@@ -60,6 +61,8 @@ class Job:
                         return False
             return True
 
+        if gap_enabled(self.cfg["metric"]):  # metric.gap_prune: the exposure-bias gap rule on top
+            return GapGate.of_search(keep, self.study, self.evaluator)
         return keep
 
 

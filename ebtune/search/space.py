@@ -18,6 +18,15 @@ checks every name against the family's and the form's signature, every range for
 builds the schedule at the space's low and high corners for the search's step count, so a space
 that cannot produce a valid schedule fails before any trial runs.
 
+A space may also ask for the schedule EB-Cache's calibration rule (Algorithm 1) picks on the model::
+
+    calibrated_seed: {a: 0.02, c: 0.01, boundary: 0.4, n: 8, eps_scale.b_h: 0.98, eps_scale.b_l: 0.96}
+
+(the rule's parameters, and a value for every searched ε parameter). The masks depend on the model,
+so the search calibrates once at its start (`ebtune.search.seeding`) and attaches them with
+`with_calibrated`; where the family cannot express them, the seed trial carries `masks:
+ebcache-calibrated` (MASKS_KEY) and `to_schedule` gives it the calibrated masks with its ε form.
+
 Seeds are known-good points (e.g. FORA's masks with the paper's ε correction) that a new study is
 given before the sampler proposes anything, so a short search starts from the baselines' region
 instead of rediscovering it. A seed may leave parameters out (the sampler fills them in); each
@@ -27,13 +36,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from ebtune.core.eps_scale import EPS_SCALES
+from ebtune.core.eps_scale import EPS_SCALES, make_eps_scale
 from ebtune.core.schedule import Schedule
 from ebtune.errors import ConfigError
 from ebtune.schedules import SCHEDULES, ScheduleContext
@@ -42,6 +51,8 @@ from ebtune.schedules.spec import ScheduleSpec
 # A link inside the package to the repository's search_spaces/, so it ships with an installed package.
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 EPS_PREFIX = "eps_scale."
+MASKS_KEY = "masks"  # a trial parameter only the calibrated seed has: its masks are the calibrated ones
+CALIBRATED = "ebcache-calibrated"  # the calibration family, and the MASKS_KEY value that names its masks
 _TYPES = ("int", "float", "categorical")
 _KEYS = {"type", "low", "high", "step", "log", "choices", "repeat"}
 
@@ -98,10 +109,21 @@ class SearchSpace:
     params: tuple[Param, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[Mapping[str, Any], ...] = ()
+    calibrated_seed: Mapping[str, Any] = field(default_factory=dict)  # Algorithm 1's settings, {} = none
+    calibrated: Schedule | None = field(default=None, compare=False)  # its masks on the search's model
 
     def suggest(self, trial: Any) -> dict[str, Any]:
-        """Ask an Optuna trial (or anything with its `suggest_*` methods) for one point: study name → value."""
-        return {name: p.suggest(trial, name) for p in self.params for name in p.study_names}
+        """Ask an Optuna trial (or anything with its `suggest_*` methods) for one point: study name → value.
+        A trial enqueued with the user attribute MASKS_KEY (the calibrated seed) also gets that parameter."""
+        point = {name: p.suggest(trial, name) for p in self.params for name in p.study_names}
+        masks = trial.user_attrs.get(MASKS_KEY)
+        if masks is not None:
+            point[MASKS_KEY] = trial.suggest_categorical(MASKS_KEY, [masks])
+        return point
+
+    def with_calibrated(self, schedule: Schedule) -> "SearchSpace":
+        """This space with the calibrated seed's masks attached (see the module docstring)."""
+        return replace(self, calibrated=schedule)
 
     def split(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(schedule family kwargs, ε-scale kwargs) from a point as `suggest` returns it, plus `fixed`."""
@@ -128,9 +150,17 @@ class SearchSpace:
         """The schedule of one point: the family's masks with ε factors of the form at `ctx.times`.
 
         Raises:
-            ValueError: the point does not give a valid schedule (e.g. warm-up + cool-down > steps).
+            ValueError: the point does not give a valid schedule (e.g. warm-up + cool-down > steps), or
+                names the calibrated masks while none for `ctx` are attached.
         """
-        return self.spec(params).build(ctx)
+        if params.get(MASKS_KEY) != CALIBRATED:
+            return self.spec(params).build(ctx)
+        masks = self.calibrated
+        if masks is None or (masks.steps, masks.depth) != (ctx.steps, ctx.depth):
+            raise ValueError(f"point names the {CALIBRATED} masks but none for {ctx.steps} steps x {ctx.depth} blocks "
+                             "are attached; run it through `ebtune search`, which calibrates at its start")
+        form = self.eps_form(params)
+        return masks.with_eps_scale(make_eps_scale(form.pop("name"), **form).factors(ctx.times))
 
     def reference_eps_form(self) -> dict[str, Any]:
         """The ε form the uncached baselines get: the space's form with its fixed values and the
@@ -169,7 +199,8 @@ class SearchSpace:
                 spec.update({k: v for k, v in (("step", p.step), ("log", p.log), ("repeat", p.repeat)) if v})
             params[p.name] = spec
         return {"name": self.name, "schedule": self.schedule, "eps_scale": self.eps_scale, "params": params,
-                "fixed": dict(self.fixed), "seeds": [dict(s) for s in self.seeds]}
+                "fixed": dict(self.fixed), "seeds": [dict(s) for s in self.seeds],
+                **({"calibrated_seed": dict(self.calibrated_seed)} if self.calibrated_seed else {})}
 
 
 def _accepted(fn: Any, skip_first: bool) -> set[str]:
@@ -218,9 +249,10 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
     where = f"space {name!r}"
     if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict) or not doc["params"]:
         raise ConfigError(f"{where}: needs `schedule:`, `eps_scale:` and a non-empty `params:` mapping")
-    unknown_top = set(doc) - {"schedule", "eps_scale", "params", "fixed", "seeds"}
+    unknown_top = set(doc) - {"schedule", "eps_scale", "params", "fixed", "seeds", "calibrated_seed"}
     if unknown_top:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown_top))}; use schedule, eps_scale, params, fixed, seeds")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown_top))}; use schedule, eps_scale, params, "
+                          f"fixed, seeds, calibrated_seed")
     family, form = doc.get("schedule"), doc.get("eps_scale", "none")
     if family not in SCHEDULES:
         raise ConfigError(f"{where}: unknown schedule family {family!r}; choose one of: {', '.join(SCHEDULES)}")
@@ -240,7 +272,28 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
     overlap = {p.name for p in params} & set(fixed)
     if overlap:
         raise ConfigError(f"{where}: {', '.join(sorted(overlap))} is both searched and fixed; keep one")
-    return SearchSpace(name, family, form, params, dict(fixed), _seeds(doc.get("seeds") or [], params, where))
+    seeds = _seeds(doc.get("seeds") or [], params, where)
+    calibrated = _calibrated_seed(doc.get("calibrated_seed") or {}, params, where)
+    return SearchSpace(name, family, form, params, dict(fixed), seeds, calibrated)
+
+
+def _calibrated_seed(doc: Any, params: tuple[Param, ...], where: str) -> dict[str, Any]:
+    """Check `calibrated_seed:`: Algorithm 1's parameters plus a value in range for every searched ε parameter."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: `calibrated_seed:` must be a mapping like {{a: 0.02, c: 0.01, n: 8, eps_scale.b_h: 0.98}}")
+    if not doc:
+        return {}
+    rule = {k for k in doc if not k.startswith(EPS_PREFIX)}
+    accepted = _accepted(SCHEDULES[CALIBRATED], skip_first=True) - {"probe", "eps_scale"} | {"n"}
+    if rule - accepted:
+        raise ConfigError(f"{where}: calibrated_seed sets {', '.join(sorted(rule - accepted))}; use one of: "
+                          f"{', '.join(sorted(accepted))} and eps_scale.* values")
+    eps_params = [p for p in params if p.name.startswith(EPS_PREFIX)]
+    missing = [n for p in eps_params for n in p.study_names if n not in doc]
+    if missing:
+        raise ConfigError(f"{where}: calibrated_seed gives no {', '.join(missing)}; give every searched ε parameter")
+    _seeds([{k: v for k, v in doc.items() if k.startswith(EPS_PREFIX)}], params, f"{where} calibrated_seed")
+    return dict(doc)
 
 
 def _seeds(seeds: Any, params: tuple[Param, ...], where: str) -> tuple[dict[str, Any], ...]:

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import TrialPruned
+from ebtune.search.gap_gate import GapGate
 from ebtune.search.job import Job, score, trial_error
 from ebtune.search.launchers.base import Launcher
 
@@ -22,8 +23,9 @@ class LocalLauncher(Launcher):
             trial = job.study.ask()
             params = job.space.suggest(trial)
             job.recorder.trial_started(trial.number, params)
+            gate = job.gate()
             try:
-                outcome = score(job.evaluator, job.space, params, job.reference, job.gate())
+                outcome = score(job.evaluator, job.space, params, job.reference, gate)
             except TrialPruned as pruned:
                 trial.set_user_attr("metrics", pruned.metrics)
                 job.study.tell(trial, state=TrialState.PRUNED)
@@ -38,5 +40,7 @@ class LocalLauncher(Launcher):
                 job.recorder.trial_finished(trial.number, params, None, trial_error(exc))
                 continue
             trial.set_user_attr("proxy_draws", list(outcome.proxy_draws))
+            if isinstance(gate, GapGate):
+                gate.store(trial)  # its gap record, for the gates of later trials
             job.study.tell(trial, job.values(trial, outcome.metrics))
             job.recorder.trial_finished(trial.number, params, outcome.metrics, grid=outcome.grid)
