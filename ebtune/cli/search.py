@@ -98,7 +98,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         sampler_from,
     )
     from ebtune.schedules import ScheduleContext
-    from ebtune.search.evaluator import latency_batch
+    from ebtune.search.evaluator import latency_batch, latency_pairs
     from ebtune.search.gap_gate import check_gap_prune
     from ebtune.search.pareto import Constraint
     from ebtune.search.space import load_space
@@ -125,6 +125,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     if int(metric["n_samples"]) < 2:
         raise ConfigError("metric.n_samples must be at least 2 (FID needs a covariance)")
     check_gap_prune(metric, spec.decoder)
+    latency_pairs(metric)
     name = cfg["name"] or (Path(cfg["out"]).name if cfg["out"] else
                          f"{spec.name}-{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if not name or any(c in name for c in "/\\'\""):
