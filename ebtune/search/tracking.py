@@ -129,11 +129,23 @@ class SearchTracker:
         self.uri = uri
         self.experiment = experiment
         self._artifact_location = artifact_location
-        self._client = MlflowClient(tracking_uri=uri)
+        self._client_instance: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._trial_runs: dict[int, str] = {}
         self._baselines: dict[str, dict[str, Any]] = {}
+
+    @property
+    def _client(self) -> MlflowClient:
+        """The client, made on first use: for a sqlite store that creates and migrates its tables, under a
+        file lock so two first starts do not race."""
+        if self._client_instance is None:
+            if self._lock_path is None:
+                self._client_instance = MlflowClient(tracking_uri=self.uri)
+            else:
+                with filelock.FileLock(str(self._lock_path), timeout=300):
+                    self._client_instance = MlflowClient(tracking_uri=self.uri)
+        return self._client_instance
 
     @property
     def parent_run_id(self) -> str:
@@ -144,8 +156,13 @@ class SearchTracker:
 
     @property
     def trial_runs(self) -> dict[int, str]:
-        """Trial number → child run id, of the runs this search has in the store."""
+        """Trial number → child run id, of the runs this search has in the store (as last read)."""
         return dict(self._trial_runs)
+
+    def refresh_trial_runs(self) -> dict[int, str]:
+        """Re-read the child runs (other sessions on the search add theirs); returns `trial_runs`."""
+        self._trial_runs.update({int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children()})
+        return self.trial_runs
 
     @property
     def baseline_names(self) -> list[str]:
@@ -182,14 +199,20 @@ class SearchTracker:
                 self._client.set_tag(run.info.run_id, SEARCH_ID_TAG, search_id)
         if found:
             # Two parents can only come from a race between two first starts; the oldest one is the search.
-            parent = min(found, key=lambda r: r.info.start_time)
+            parent = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
             self._parent = parent.info.run_id
             self._client.update_run(self._parent, status="RUNNING")
             self._trial_runs = {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children()}
             self._baselines = {b["name"]: b for b in self._load_baselines()}
         else:
-            parent = self._client.create_run(experiment_id, start_time=_now_ms(), run_name=search_name,
-                                             tags={SEARCH_TAG: search_name, SEARCH_ID_TAG: search_id})
+            mine = self._client.create_run(experiment_id, start_time=_now_ms(), run_name=search_name,
+                                           tags={SEARCH_TAG: search_name, SEARCH_ID_TAG: search_id})
+            # Two sessions starting at once may both create one; both keep the oldest, the other is deleted.
+            found = self._search(experiment_id, f"tags.`{SEARCH_ID_TAG}` = '{search_id}'") or [mine]
+            parent = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
+            if parent.info.run_id != mine.info.run_id:
+                self._client.delete_run(mine.info.run_id)
+                self._trial_runs = {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children_of(parent.info.run_id)}
             self._parent = parent.info.run_id
         new, changed = self._new_params(parent, info, what=f"search {search_name!r}", strict=False)
         self._client.log_batch(self._parent, params=[Param(k, v) for k, v in new.items()],
@@ -293,10 +316,12 @@ class SearchTracker:
             ValueError: a number has no child run in this search (log the trial first).
         """
         self.parent_run_id  # raises before start(), rather than reporting every trial as missing
+        children = self._children()  # another session on this search may have added runs
+        self._trial_runs.update({int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in children})
         missing = sorted(set(trial_numbers) - set(self._trial_runs))
         if missing:
             raise ValueError(f"trials {missing} have no run in this search; log_trial() them before mark_pareto()")
-        for run in self._children():
+        for run in children:
             want = "true" if int(run.data.tags[TRIAL_TAG]) in trial_numbers else "false"
             if run.data.tags.get(PARETO_TAG) != want:
                 self._client.set_tag(run.info.run_id, PARETO_TAG, want)
@@ -337,12 +362,6 @@ class SearchTracker:
         (Path(folder) / "tracking.json").write_text(json.dumps(pointer, indent=2) + "\n")
 
     def _ensure_experiment(self) -> str:
-        if self._lock_path is None:
-            return self._get_or_create_experiment()
-        with filelock.FileLock(str(self._lock_path), timeout=300):  # the store's tables are created on first use
-            return self._get_or_create_experiment()
-
-    def _get_or_create_experiment(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
@@ -371,7 +390,10 @@ class SearchTracker:
                 return runs
 
     def _children(self) -> list[Run]:
-        return self._search(self._experiment_id, f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'")
+        return self._children_of(self.parent_run_id)
+
+    def _children_of(self, parent: str) -> list[Run]:
+        return self._search(self._experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'")
 
     def _load_baselines(self) -> list[dict[str, Any]]:
         """The baselines a previous session logged on the parent, so a resumed search keeps its table whole."""

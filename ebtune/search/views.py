@@ -10,6 +10,7 @@ The study is the source of truth (see `ebtune.search.study`); everything here is
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -173,7 +174,7 @@ class Views:
         front = self.front()
         numbers = {r["number"] for r in front}
         connected = self._started and self.guard.ready()
-        if connected and numbers != self._front_numbers and numbers <= set(self.tracker.trial_runs):
+        if connected and numbers != self._front_numbers and self._have_runs(numbers):
             self.guard.call("mark_pareto", numbers)
             if self.guard.up:
                 self._front_numbers = numbers
@@ -190,15 +191,21 @@ class Views:
                "noise_z": NOISE_Z, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
                "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
                "baselines": baselines, "points": front}
-        tmp = self.folder / f"pareto.json.{id(self)}.tmp"  # one temp file per writer: sessions may share the folder
+        tmp = self.folder / f"pareto.json.{os.getpid()}.tmp"  # one temp file per writer: sessions may share the folder
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(self.folder / "pareto.json")
         return front
 
+    def _have_runs(self, numbers: set[int]) -> bool:
+        """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
+        if numbers <= set(self.tracker.trial_runs):
+            return True
+        return numbers <= set(self.guard.call("refresh_trial_runs") or {})
+
     def finish(self, status: str = "FINISHED") -> list[dict[str, Any]]:
         """Final front, plots and table on the parent run (when the store is up); returns the front."""
         front = self.update_front()
-        if self._connected():
+        if self._connected() and self._have_runs({p["number"] for p in front}):
             trials = [{"number": r["number"], "name": r["name"], "params": r["params"], "metrics": r["metrics"]}
                       for r in self.trial_records()]
             self.guard.call("finish", front, self.current_baselines(), trials, self.objectives, status=status)
