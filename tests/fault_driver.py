@@ -5,6 +5,7 @@
 KIND:
 - kill_after_tell N: SIGKILL this process right after trial N is told, before its MLflow write;
 - kill_in_trial N: SIGKILL this process while trial N is being scored;
+- term_in_trial N: SIGTERM this process while trial N is being scored;
 - trials A,B,...: the k-th trial scored in this process does A[k]: ok | exit (SystemExit) | raise
   (RuntimeError) | nan (a NaN objective) | hang (sleeps past search.trial_timeout_s).
 """
@@ -34,12 +35,13 @@ def main(argv: list[str]) -> int:
             return told(self, trial)
 
         views.Views.trial_told = kill_after
-    elif kind == "kill_in_trial":
+    elif kind in ("kill_in_trial", "term_in_trial"):
         calls = iter(range(10**6))
+        sig = signal.SIGKILL if kind == "kill_in_trial" else signal.SIGTERM
 
         def kill_in(evaluator, space, params, reference, gate=None):
             if next(calls) == int(arg):
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
             return score(evaluator, space, params, reference, gate)
 
         local.score = kill_in

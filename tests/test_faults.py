@@ -248,6 +248,22 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kind):
 
 
 @pytest.mark.slow
+def test_sigterm_finishes_the_bookkeeping_and_requeues_the_trial(tmp_path):
+    run = tmp_path / "t"
+    args = ["search", *TINY, "trials=3", f"out={run}", "name=t"]
+    stopped = _driver(tmp_path, "term_in_trial", "1", *args)
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert "trial-0001 interrupted; re-queued" in stopped.stdout and "Traceback" not in stopped.stderr
+    pointer = json.loads((run / "tracking.json").read_text())
+    parent = MlflowClient(pointer["uri"]).get_run(pointer["parent_run_id"])
+    assert parent.info.status == "KILLED"
+    assert _driver(tmp_path, "trials", "ok", *args).returncode == 0
+    c = _consistency(run, 3)
+    _row("SIGTERM of the driver during trial 1, then resume", c)
+    assert c["problems"] == [] and c["interrupted"] == 1 and c["lost"] == 0 and c["duplicated"] == 0
+
+
+@pytest.mark.slow
 def test_failing_and_hung_trials_are_trial_failures(tmp_path):
     run = tmp_path / "f"
     out = _driver(tmp_path, "trials", "exit,raise,nan,hang,ok", "search", *TINY, "trials=5", f"out={run}", "name=f",

@@ -233,6 +233,10 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert ebtune("search", *TINY, "trials=5", f"out={run}", "--name", "tiny") == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    # Plain Optuna (and optuna-dashboard) sees the objectives by name and each metric as its own attribute.
+    assert study.metric_names == ["fid", "macs"]
+    assert all(t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] == t.values[0] for t in study.trials)
+    assert all((run / t.user_attrs["schedule_file"]).is_file() for t in study.trials)
     seeds = load_space("intervals").seeds
     assert [t.params for t in study.trials[:len(seeds)]] == [dict(s) for s in seeds]  # seeds go first
     assert "baselines: recorded in the study" in capsys.readouterr().out
