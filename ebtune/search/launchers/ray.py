@@ -141,6 +141,11 @@ class RecordingOptunaSearch(OptunaSearch):
                 beat.__exit__(None, None, None)
         super().on_trial_complete(trial_id, result, error)
 
+    def save(self, checkpoint_path: str) -> None:
+        """Tune checkpoints its searcher to resume an experiment; ebtune never resumes one (the same command
+        reopens the study, the search's one state), so the checkpoint records only that."""
+        Path(checkpoint_path).write_text("ebtune: the Optuna study holds this searcher's state\n")
+
     def stop_heartbeats(self) -> None:
         for beat in self._beats.values():
             beat.__exit__(None, None, None)
