@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -230,6 +233,10 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert ebtune("search", *TINY, "trials=5", f"out={run}", "--name", "tiny") == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    # Plain Optuna (and optuna-dashboard) sees the objectives by name and each metric as its own attribute.
+    assert study.metric_names == ["fid", "macs"]
+    assert all(t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] == t.values[0] for t in study.trials)
+    assert all((run / t.user_attrs["schedule_file"]).is_file() for t in study.trials)
     seeds = load_space("intervals").seeds
     assert [t.params for t in study.trials[:len(seeds)]] == [dict(s) for s in seeds]  # seeds go first
     assert "baselines: recorded in the study" in capsys.readouterr().out
@@ -241,19 +248,29 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert "other settings (metric)" in capsys.readouterr().err
 
 
-def test_killed_search_resumes_the_same_study(ebtune, tmp_path, capsys):
+def test_killed_search_retries_the_interrupted_trial(ebtune, tmp_path, capsys):
     run = tmp_path / "run"
     assert ebtune("search", *TINY, "trials=1", f"out={run}", "--name", "k") == 0
-    # A session killed mid-trial leaves that trial RUNNING in the study.
+    # A session killed mid-trial leaves that trial RUNNING in the study, tagged with its (now dead) process.
     storage = f"sqlite:///{run / 'study.db'}"
     study = optuna.load_study(study_name="k", storage=storage)
-    load_space("intervals").suggest(study.ask())
+    trial = study.ask()
+    params = load_space("intervals").suggest(trial)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("ebtune.session", f"{socket.gethostname()}:{gone.stdout.strip()}:?")
     assert ebtune("search", *TINY, "trials=3", f"out={run}", "--name", "k") == 0
-    assert "trial-0001 FAILED: interrupted" in capsys.readouterr().out
-    states = [t.state.name for t in optuna.load_study(study_name="k", storage=storage).trials]
-    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    out = capsys.readouterr().out
+    assert "re-queued 1 trial(s) a dead session left running: 1" in out
+    trials = optuna.load_study(study_name="k", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].params == params and trials[2].system_attrs["failed_trial"] == 1  # same point, run again
+    assert "fail_reason" not in trials[1].user_attrs  # interrupted, not failed: it does not count
     with sqlite3.connect(run / "study.db") as db:
         assert db.execute("select count(*) from studies").fetchone() == (1,)
+    _, children = _runs(json.loads((run / "tracking.json").read_text())["uri"])
+    by_number = {int(c.data.tags["ebtune.trial"]): c for c in children}
+    assert by_number[1].info.status == "FAILED" and "interrupted" in by_number[1].data.tags["error"]
+    assert {n: by_number[n].info.status for n in (0, 2, 3)} == {0: "FINISHED", 2: "FINISHED", 3: "FINISHED"}
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(ebtune, tmp_path, capsys):

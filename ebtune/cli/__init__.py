@@ -22,13 +22,14 @@ from ebtune.cli import (
     fid_weights,
     sample,
     search,
+    sync,
     train_default,
     ui,
 )
 from ebtune.errors import ConfigError
 
 # The sub-command modules, in the order `ebtune --help` lists them.
-COMMANDS = [search, confirm, sample, diagnose, export, ui, train_default, fid_weights, bench]
+COMMANDS = [search, confirm, sample, diagnose, export, sync, ui, train_default, fid_weights, bench]
 
 UsageError = ConfigError  # the name sub-commands used before ConfigError was shared
 

@@ -102,6 +102,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     from ebtune.search.gap_gate import check_gap_prune
     from ebtune.search.pareto import Constraint
     from ebtune.search.space import load_space
+    from ebtune.search.study import check_sampler
 
     overrides = with_aliases(args.overrides, {"--name": ("name", args.name)})
     if any(o.startswith("ray.") for o in overrides) and not any(o.startswith("launcher=") for o in overrides):
@@ -115,8 +116,13 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     space.check(ScheduleContext(sampler.steps, spec.config.depth, sampler.times))
     device = resolve_device(cfg["device"])
     resolve_threads(cfg["threads"])  # a bad value fails here, before any file is written
-    if int(cfg["trials"]) < 1 or int(cfg["search"]["n_trials"]) < 1:
-        raise ConfigError(f"trials must be at least 1, got {cfg['search']['n_trials']}")
+    try:
+        trials = int(cfg["search"]["n_trials"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"trials={cfg['search']['n_trials']!r} is not a whole number; e.g. trials=24") from None
+    if trials < 1:
+        raise ConfigError(f"trials must be at least 1, got {trials}")
+    check_sampler(cfg["search"])  # a bad search.sampler fails here, before study.db is created
     metric = cfg["metric"]
     try:
         latency_batch(int(metric["n_samples"]), int(metric["batch_size"]), int(metric["latency_warmup"]))
@@ -232,12 +238,13 @@ def _search(plan: dict[str, Any]) -> int:
     from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
     from ebtune.search.baselines import plan as baseline_plan
     from ebtune.search.evaluator import Evaluator, Reference
-    from ebtune.search.job import Job
+    from ebtune.search.job import Job, SearchStopped, sigterm_interrupts
     from ebtune.search.launchers import LAUNCHERS
     from ebtune.search.recorder import Recorder, git_commit
     from ebtune.search.seeding import seed_study
-    from ebtune.search.study import done_trials, fail_interrupted, open_study, storage
+    from ebtune.search.study import done_trials, open_study, reap
     from ebtune.search.tracking import SearchTracker, default_uri
+    from ebtune.search.views import Views
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recorder prints one line per trial instead
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store creation and migration notices
@@ -256,10 +263,12 @@ def _search(plan: dict[str, Any]) -> int:
                 "steps": evaluator.sampler.steps, "cfg_scale": evaluator.sampler.guidance.scale, "seed": cfg["seed"],
                 "space": space.describe(), "objectives": objectives, "constraints": [str(c) for c in constraints],
                 "metric": cfg["metric"], "device": device.type}
-    store = storage(folder)
-    study = open_study(store, name, objectives, settings, cfg["search"], bool(constraints))
-    interrupted = fail_interrupted(study)
-    space = seed_study(study, space, evaluator, int(cfg["search"]["n_trials"]))  # the seeds, a calibrated one included
+    total = int(cfg["search"]["n_trials"])
+    # A new study's seeds (the calibrated one included) are enqueued under the folder lock; a loaded
+    # study gets back the calibrated masks it stored.
+    study, store = open_study(folder, cfg["search"].get("storage"), name, objectives, settings, cfg["search"],
+                              bool(constraints), first_start=lambda new: seed_study(new, space, evaluator, total))
+    space = seed_study(study, space, evaluator, total)
     uri = cfg["tracking"]["uri"] or default_uri()
     tracker = SearchTracker(uri, cfg["tracking"]["experiment"] or f"ebtune/{plan['spec'].name}")
     info = {"search": name, "model": plan["spec"].name, "steps": evaluator.sampler.steps, "sampler": cfg["sampler"]["name"],
@@ -267,34 +276,41 @@ def _search(plan: dict[str, Any]) -> int:
             "launcher": cfg["launcher"]["name"], "device": evaluator.provenance()["latency"]["device"],
             "n_samples": evaluator.n_samples, "ebtune_version": __version__, "git_commit": git_commit() or "unknown",
             "folder": str(folder)}
-    tracker.start(name, cfg, space.describe(), info)
-    tracker.write_pointer(str(folder))
-    total = int(cfg["search"]["n_trials"])
-    recorder = Recorder(folder, study, space, evaluator, tracker, objectives, constraints, total)
+    study.set_user_attr("tracking", {"uri": tracker.uri, "experiment": tracker.experiment})
+    study.set_user_attr("mlflow_start", {"config": cfg, "space": space.describe(), "info": info})
+    views = Views(folder, study, tracker, objectives, constraints, (cfg, space.describe(), info), {})
+    recorder = Recorder(folder, study, space, evaluator, views, objectives, constraints, total)
+    views.meta = recorder.pareto_meta()
+    study.set_user_attr("pareto_meta", views.meta)
+    interrupted = reap(study, float(cfg["search"]["grace_period"] or 60))
+    views.sync()  # MLflow and pareto.json catch up with the study (a kill, or MLflow down last time)
     done = len(done_trials(study))
     print(f"search {name}: space {space.name} ({space.schedule} + eps {space.eps_scale}), {total} trials "
           f"({done} done), objectives {', '.join(objectives)}, {evaluator.n_samples} images per evaluation on {device}")
     print(f"search folder: {folder} (rerun with name={name} out={folder} to resume)")
-    for number in interrupted:
-        recorder.trial_finished(number, study.trials[number].params, None, "interrupted: the session running it ended")
-    status = "FAILED"
+    if interrupted:
+        print(f"re-queued {len(interrupted)} trial(s) a dead session left running: {', '.join(map(str, interrupted))}")
+    status, code = "FAILED", 0
     try:
-        if [b["name"] for b in recorder.baselines] == names:
-            print("baselines: recorded in the study; re-running no cache for the distance reference")
-            base = baseline_plan(evaluator)[0]
-            outcome = evaluator.evaluate(base.schedule(evaluator.ctx), None)
-            reference = Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
-        else:
-            reference = evaluate_baselines(evaluator, recorder.baseline, eps_form)[1]
-        remaining = total - len(done_trials(study))
-        launcher = LAUNCHERS.make(cfg["launcher"]["name"], cfg, folder)
-        if remaining > 0:
-            recorder.unconfirm()
-            launcher.run(Job(study, store, space, cfg, reference, objectives, recorder, evaluator), remaining)
-        confirm_n = int(cfg["search"]["confirm_n"])
-        if confirm_n > 0 and recorder.confirmation is None and recorder.front():
-            _confirm(recorder, folder, cfg, confirm_n, device)
-        status = "FINISHED"
+        with sigterm_interrupts():
+            if [b["name"] for b in recorder.baselines] == names:
+                print("baselines: recorded in the study; re-running no cache for the distance reference")
+                base = baseline_plan(evaluator)[0]
+                outcome = evaluator.evaluate(base.schedule(evaluator.ctx), None)
+                reference = Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+            else:
+                reference = evaluate_baselines(evaluator, recorder.baseline, eps_form)[1]
+            launcher = LAUNCHERS.make(cfg["launcher"]["name"], cfg, folder)
+            if len(done_trials(study)) < total:
+                recorder.unconfirm()
+                launcher.run(Job(study, store, space, cfg, reference, objectives, recorder, evaluator, total))
+            confirm_n = int(cfg["search"]["confirm_n"])
+            if confirm_n > 0 and recorder.confirmation is None and recorder.front():
+                _confirm(recorder, folder, cfg, confirm_n, device)
+            status = "FINISHED"
+    except SearchStopped as stop:
+        print(f"search stopped: {stop}")
+        code = 1
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -304,9 +320,13 @@ def _search(plan: dict[str, Any]) -> int:
         print(f"sampling cost: {recorder.cost() / 1e12:.4g} TMACs (images x MACs per image, baselines, trials and "
               f"confirmation included)")
         print(f"search folder: {folder}")
-        print(f"MLflow: {tracker.uri} (experiment {tracker.experiment}, parent run {tracker.parent_run_id}); "
-              f"browse with `ebtune ui`")
-    return 0
+        if views.parent_run_id is None or not views.guard.up:
+            print(f"MLflow: {tracker.uri} was unreachable; the study holds every result: run `ebtune sync {folder}` "
+                  f"when it is back")
+        else:
+            print(f"MLflow: {tracker.uri} (experiment {tracker.experiment}, parent run {tracker.parent_run_id}); "
+                  f"browse with `ebtune ui`")
+    return code
 
 
 def _confirm(recorder: Any, folder: Path, cfg: dict[str, Any], n: int, device: Any) -> None:

@@ -7,6 +7,8 @@ training checkpoints pickle, `argparse.Namespace` under "args", is allowed expli
 from __future__ import annotations
 
 import argparse
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,16 +33,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = _load_weights_only(path)
     except Exception as e:  # unpickling refusals and corrupt files alike
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint ({first}); use a plain state dict or safetensors") from None
+        raise CheckpointError(f"cannot read {path} as a weights-only checkpoint ({_why(e)}); re-save its tensors "
+                              f"as safetensors or as a plain state dict (torch.save(model.state_dict(), path))") from None
     if isinstance(obj, dict) and ("ema" in obj or "model" in obj):
         obj = obj.get("ema") or obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
     return obj
+
+
+def _load_weights_only(path: Path) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped for zip-format files; files in torch's legacy
+    (pre-1.6, non-zip) format cannot be memory-mapped and are read whole."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        if zipfile.is_zipfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _why(error: Exception) -> str:
+    """What is wrong with a refused file, without torch's advice to load it unsafely (ebtune never does)."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it pickles {found.group(1)}, which is not a tensor"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else type(error).__name__
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> DiTConfig:

@@ -230,6 +230,9 @@ def load_schedule_file(path: str | Path) -> ScheduleFile:
             whose lengths disagree with sampler.steps and model.depth. The message names the fix.
         FileNotFoundError: `path` does not exist.
     """
+    if Path(path).is_dir():
+        raise ScheduleFileError(f"{path} is a folder, not a schedule file; pass a file written by `ebtune export` "
+                                f"(e.g. {Path(path) / 'schedules' / 'trial-0000.json'})")
     text = Path(path).read_text(encoding="utf-8")
     try:
         doc = json.loads(text)

@@ -22,15 +22,9 @@ from ebtune.search.pareto import NOISE_Z, relation, std_key
 
 def search_settings(folder: Path) -> dict[str, Any]:
     """The settings the folder's study was started with (model, sampler, steps, metric, ...)."""
-    import optuna
+    from ebtune.search.study import load_folder_study
 
-    from ebtune.search.study import DB_NAME
-
-    if not (folder / DB_NAME).is_file():
-        raise FileNotFoundError(f"no {DB_NAME} in {folder}; pass a folder written by `ebtune search`")
-    url = f"sqlite:///{(folder / DB_NAME).absolute().as_posix()}"
-    (summary,) = optuna.get_all_study_summaries(url)
-    return optuna.load_study(study_name=summary.study_name, storage=url).user_attrs["search"]
+    return load_folder_study(folder).user_attrs["search"]
 
 
 # Confirmation draws its noise from seed + CONFIRM_SEED_OFFSET: images no trial was ranked on.

@@ -1,20 +1,43 @@
-"""One search's trials as launchers see them: the study to ask, how to score a point, who records it."""
+"""One search's trials as launchers see them: the study to ask, how to score a point, who records it,
+and what turns any failure of a trial into a recorded trial failure.
+
+Every failure is a trial failure: an exception, `SystemExit`, a non-finite objective or a trial
+running past `search.trial_timeout_s` marks the trial FAIL with its reason (`fail_reason`) and
+the search goes on; `search.max_consecutive_failures` such failures in a row stop it. Only
+KeyboardInterrupt and SIGTERM (`Interrupted`) end a search: the running trial is then re-queued.
+"""
 from __future__ import annotations
 
+import math
+import signal
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference
+from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference, TrialError
 from ebtune.search.gap_gate import GapGate, gap_enabled
 from ebtune.search.pareto import NOISE_Z
 from ebtune.search.recorder import Recorder
 from ebtune.search.space import SearchSpace
+
+
+class TrialTimeout(Exception):
+    """A trial ran past `search.trial_timeout_s`."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM: stop the search as Ctrl-C does (finish the bookkeeping, re-queue the running trial)."""
+
+
+class SearchStopped(Exception):
+    """`search.max_consecutive_failures` trials failed in a row."""
 
 
 @dataclass
@@ -22,21 +45,41 @@ class Job:
     """One search's trials: the study to ask, how to score a point, and who records results."""
 
     study: optuna.Study
-    storage: optuna.storages.BaseStorage  # the study's (Ray's searcher opens the study through it)
+    storage: optuna.storages.BaseStorage  # the study's (heartbeats; Ray's searcher opens the study through it)
     space: SearchSpace
     cfg: dict[str, Any]  # the resolved config (plain values)
     reference: Reference
     objectives: list[str]
     recorder: Recorder
     evaluator: Evaluator  # the driver's (local trials use it directly)
+    total: int  # trials the study holds in all when the search is done (`trials=`)
 
-    def values(self, trial: Any, metrics: dict[str, float]) -> list[float]:
-        """Store metrics and constraint violations on the Optuna trial (before it is told); return the
-        objective values to tell."""
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("constraints", self.recorder.violations(metrics))
-        return [metrics[m] for m in self.objectives]
+    @property
+    def timeout_s(self) -> float | None:
+        value = self.cfg["search"].get("trial_timeout_s")
+        return float(value) if value else None
 
+    @property
+    def poll_s(self) -> float:
+        """How often a session waiting on other sessions' trials looks again."""
+        return float(self.cfg["search"].get("heartbeat_interval") or 5)
+
+    @property
+    def grace_s(self) -> float:
+        """How long a running trial may go without a heartbeat (or, untagged, at all) before it is re-queued."""
+        return float(self.cfg["search"].get("grace_period") or 60)
+
+    def values(self, metrics: Mapping[str, float]) -> list[float]:
+        """The objective values to tell.
+
+        Raises:
+            TrialError: an objective is missing or not finite.
+        """
+        bad = [m for m in self.objectives if not isinstance(metrics.get(m), (int, float)) or not math.isfinite(metrics[m])]
+        if bad:
+            raise TrialError(f"objective(s) {', '.join(bad)} are not finite numbers: "
+                             f"{ {m: metrics.get(m) for m in bad} }")
+        return [float(metrics[m]) for m in self.objectives]
 
     def gate(self) -> Gate:
         """The multi-fidelity rule: stop a trial after its first `metric.n_proxy` images when an
@@ -77,3 +120,48 @@ def trial_error(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()  # so the next trial starts with the memory this one held
     return "".join(traceback.format_exception(exc)).strip()
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `TrialTimeout` in the main thread after `seconds` (POSIX `setitimer`/SIGALRM).
+
+    A local trial runs in the driver's main thread, in Python code that calls short torch kernels,
+    so the alarm's exception lands between two kernels: the trial stops within one kernel's time,
+    the model stays loaded and no child process has to reload it. Outside the main thread (or on
+    a platform without SIGALRM) the limit cannot be enforced and `seconds` must be None.
+    """
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        raise RuntimeError("search.trial_timeout_s needs a local trial in the main thread on POSIX")
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TrialTimeout(f"trial ran past search.trial_timeout_s={seconds:g}s")
+
+    before = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises `Interrupted` in the main thread for the duration, so `kill PID` ends a search as
+    cleanly as Ctrl-C (bookkeeping finished, Ray stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

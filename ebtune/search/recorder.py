@@ -1,13 +1,12 @@
 """Driver-side bookkeeping of a search, shared by every launcher.
 
-After each baseline and trial the recorder writes its schedule file (`schedules/<name>.json`, with
-provenance), its MLflow run (through `SearchTracker`), the live Pareto front (`pareto_optimal`
-tags and `pareto.json`) and one progress line. It only reads the Optuna study, except for the
-MLflow run ids and baseline records it adds to the study's attributes.
+For each baseline and trial the recorder first writes what the study must hold (the schedule file
+`schedules/<name>.json` with provenance, the sample grid, the metrics as trial user attributes),
+so a front point's file exists before its trial is told; after the tell it hands the trial to the
+derived `Views` (MLflow run, `pareto_optimal` tags, `pareto.json`) and prints one progress line.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from ebtune import __version__
 from ebtune.core.schedule import Schedule
@@ -24,9 +22,10 @@ from ebtune.io.schedule_file import save_schedule_file
 from ebtune.sampling.samplers import Sampler
 from ebtune.search.baselines import Baseline
 from ebtune.search.evaluator import Evaluator, Outcome
-from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation, std_key
+from ebtune.search.pareto import Constraint, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import add_run_id, done_trials, run_ids
+from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, done_trials, run_ids
+from ebtune.search.views import Views, trial_name
 
 
 def git_commit() -> str | None:
@@ -36,10 +35,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def trial_name(number: int) -> str:
-    return f"trial-{number:04d}"
 
 
 def _duration(seconds: float) -> str:
@@ -53,22 +48,28 @@ class Recorder:
     Args:
         folder: the search folder; study: its Optuna study; space: its search space.
         evaluator: the driver's evaluator (model facts, step context, measurement provenance).
-        tracker: a started `SearchTracker`.
+        views: the search's derived `Views` (MLflow, pareto.json).
         objectives, constraints: what the front is computed over.
         total: trials the search runs in all (for progress and ETA).
     """
 
-    def __init__(self, folder: Path, study: optuna.Study, space: SearchSpace, evaluator: Evaluator, tracker: Any,
+    def __init__(self, folder: Path, study: optuna.Study, space: SearchSpace, evaluator: Evaluator, views: Views,
                  objectives: Sequence[str], constraints: Sequence[Constraint], total: int,
                  log: Callable[[str], None] = print):
-        self.folder, self.study, self.space, self.evaluator, self.tracker = folder, study, space, evaluator, tracker
+        self.folder, self.study, self.space, self.evaluator, self.views = folder, study, space, evaluator, views
         self.objectives, self.constraints, self.total, self.log = list(objectives), list(constraints), total, log
-        self.baselines: list[dict[str, Any]] = list(study.user_attrs.get("baselines", []))
-        self.front_numbers: set[int] = set()
-        self._tagged: dict[int, dict[str, str]] = {}  # relations last written to each front run's tag
         self.commit = git_commit()
         self._started: float | None = None  # set by the first trial, so baselines do not skew the ETA
         self._done_at_start = len(done_trials(study))
+        self.streak = 0  # real failures in a row in this session (`search.max_consecutive_failures`)
+
+    @property
+    def tracker(self) -> Any:
+        return self.views.tracker
+
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        return self.views.baselines
 
     # -- what schedule files record --------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
@@ -80,7 +81,13 @@ class Recorder:
         extra = {k: v for k, v in self.evaluator.cfg["sampler"].items() if k != "name"}
         return {"name": sampler.step.name, "steps": sampler.steps, "cfg_scale": sampler.guidance.scale, **extra}
 
-    def _provenance(self, metrics: dict[str, float], run_id: str, trial: str) -> dict[str, Any]:
+    def pareto_meta(self) -> dict[str, Any]:
+        """What pareto.json says about the search besides its points (also stored in the study for `ebtune sync`)."""
+        return {"model": self.evaluator.spec.name, "steps": self.evaluator.sampler.steps,
+                "sampler": self.sampler_info(self.evaluator.sampler), "space": self.space.name,
+                "quality_evaluator": self.evaluator.fid.name, "n_samples": self.evaluator.n_samples}
+
+    def _provenance(self, metrics: dict[str, float], run_id: str | None, trial: str) -> dict[str, Any]:
         how = self.evaluator.provenance()
         quality = {k: metrics[k] for k in ("fid", std_key("fid"), "accuracy", "distance") if k in metrics}
         return {
@@ -93,30 +100,28 @@ class Recorder:
         }
 
     def _save(self, name: str, schedule: Schedule, sampler: Sampler, eps_form: dict, params: dict,
-              metrics: dict[str, float], run_id: str) -> str:
+              metrics: dict[str, float], run_id: str | None) -> str:
         rel = f"schedules/{name}.json"
         save_schedule_file(self.folder / rel, schedule, model=self.model_info(), sampler=self.sampler_info(sampler),
                            eps_scale=eps_form, search_params=params, provenance=self._provenance(metrics, run_id, name))
         return rel
 
-    def _grid(self, name: str, grid: np.ndarray | None) -> str | None:
-        if grid is None:
-            return None
-        path = self.folder / "grids" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return str(save_grid(grid, path, ncol=min(len(grid), 10)))
+    def _grid(self, name: str, grid: np.ndarray | None) -> None:
+        if grid is not None:
+            path = self.folder / "grids" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_grid(grid, path, ncol=min(len(grid), 10))
 
     # -- events ------------------------------------------------------------------------------------
     def baseline(self, base: Baseline, schedule: Schedule, sampler: Sampler, outcome: Outcome) -> None:
-        """Record an evaluated baseline: schedule file, MLflow parent metrics, study attribute."""
+        """Record an evaluated baseline: schedule file and study attribute, then its MLflow view."""
         params = {"schedule": base.family, **base.params, "steps": base.steps, "eps_scale": base.eps_scale["name"]}
-        self.tracker.log_baseline(base.name, params, outcome.metrics)
-        rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics,
-                         self.tracker.parent_run_id)
-        self.baselines = [b for b in self.baselines if b["name"] != base.name]
-        self.baselines.append({"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
-                               "proxy_draws": list(outcome.proxy_draws)})
-        self.study.set_user_attr("baselines", self.baselines)
+        parent = self.views.parent_run_id
+        rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
+        record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
+                  "proxy_draws": list(outcome.proxy_draws)}
+        self.study.set_user_attr("baselines", [b for b in self.baselines if b["name"] != base.name] + [record])
+        self.views.baseline(record)
         m = outcome.metrics
         self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
                  f"latency {m['latency_s']:.3f}s")
@@ -132,36 +137,42 @@ class Recorder:
         """Open the trial's MLflow run (RUNNING) so it is visible while it runs."""
         if self._started is None:
             self._started = time.perf_counter()
-        add_run_id(self.study, number, self.tracker.log_trial(number, params, None, "RUNNING"))
+        self.views.trial_running(number, params)
 
-    def trial_finished(self, number: int, params: dict[str, Any], metrics: dict[str, float] | None,
-                       error: str | None = None, grid: np.ndarray | None = None) -> None:
-        """Record a told trial: schedule file and MLflow run (or the error), front tags, pareto.json, progress."""
-        name = trial_name(number)
-        if number not in run_ids(self.study):
-            self.trial_started(number, params)
-        if metrics is None:
-            self.tracker.log_trial(number, params, None, "FAIL", error=error or "failed")
-            front = self.update_front()
-            self.log(f"[{self._count(front)}] {name} FAILED: {(error or 'failed').strip().splitlines()[-1]}")
-        else:
-            run_id = run_ids(self.study)[number]
-            schedule = self.space.to_schedule(params, self.evaluator.ctx)
-            rel = self._save(name, schedule, self.evaluator.sampler, self.space.eps_form(params), params, metrics, run_id)
-            self.tracker.log_trial(number, params, metrics, "COMPLETE", schedule_file=str(self.folder / rel),
-                                   grid_png=self._grid(name, grid))
-            front = self.update_front()
+    def prepare(self, trial: Any, params: dict[str, Any], metrics: dict[str, float],
+                grid: np.ndarray | None = None) -> None:
+        """Before a completed trial is told: its schedule file and grid, then its metrics, each metric on its
+        own, its constraint violations and its schedule file as user attributes of the Optuna trial."""
+        name = trial_name(trial.number)
+        schedule = self.space.to_schedule(params, self.evaluator.ctx)
+        rel = self._save(name, schedule, self.evaluator.sampler, self.space.eps_form(params), params, metrics,
+                         run_ids(self.study).get(trial.number))
+        self._grid(name, grid)
+        trial.set_user_attr("metrics", metrics)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("constraints", self.violations(metrics))
+        trial.set_user_attr(SCHEDULE_ATTR, rel)
+
+    def told(self, number: int) -> None:
+        """After trial `number` was told: its MLflow view, the front, pareto.json, one progress line."""
+        trial = self.study.get_trials(deepcopy=False)[number]
+        self.views.trial_told(trial)
+        self.streak = self.streak + 1 if FAIL_REASON in trial.user_attrs else 0
+        front = self.views.update_front()
+        name, attrs, state = trial_name(number), trial.user_attrs, trial.state.name
+        if state == "COMPLETE":
+            metrics = attrs["metrics"]
             shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in self.objectives)
             self.log(f"[{self._count(front)}] {name}: {shown}  speedup {metrics['speedup']:.2f}x")
-
-    def trial_pruned(self, number: int, params: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Record a trial the first fidelity stopped: its stage-1 metrics on its MLflow run (KILLED)."""
-        if number not in run_ids(self.study):
-            self.trial_started(number, params)
-        self.tracker.log_trial(number, params, metrics, "PRUNED")
-        front = self.update_front()
-        self.log(f"[{self._count(front)}] {trial_name(number)} pruned after {int(metrics['images'])} images: "
-                 f"fid_proxy {metrics['fid_proxy']:.4g}  speedup {self.evaluator.ref_macs / metrics['macs']:.2f}x")
+        elif state == "PRUNED":
+            m = attrs["metrics"]
+            self.log(f"[{self._count(front)}] {name} pruned after {int(m['images'])} images: "
+                     f"fid_proxy {m['fid_proxy']:.4g}  speedup {self.evaluator.ref_macs / m['macs']:.2f}x")
+        elif FAIL_REASON in attrs:
+            self.log(f"[{self._count(front)}] {name} FAILED: {attrs[FAIL_REASON].strip().splitlines()[-1]}")
+        else:
+            self.log(f"[{self._count(front)}] {name} interrupted; re-queued with the same parameters")
 
     def cost(self) -> float:
         """Sampling cost so far: images × MACs per image over every evaluation the study records."""
@@ -169,19 +180,10 @@ class Recorder:
                                                                if "metrics" in t.user_attrs]
         return float(sum(m.get("images", self.evaluator.n_samples) * m["macs"] for m in evaluated))
 
-    # -- the front ---------------------------------------------------------------------------------
-    def trial_records(self) -> list[dict[str, Any]]:
-        """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""
-        runs = run_ids(self.study)
-        return [{"number": t.number, "name": trial_name(t.number), "params": dict(t.params),
-                 "metrics": t.user_attrs["metrics"], "schedule_file": f"schedules/{trial_name(t.number)}.json",
-                 "mlflow_run_id": runs.get(t.number)}
-                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
-
+    # -- the front and its confirmation ------------------------------------------------------------
     @property
     def confirmation(self) -> dict[str, Any] | None:
-        """The front's confirmation (study attribute `confirmed`), or None before one ran."""
-        return self.study.user_attrs.get("confirmed")
+        return self.views.confirmation
 
     def confirmed(self, result: dict[str, Any]) -> None:
         """Store a confirmation (`ebtune.search.confirm.confirm`'s result) in the study; from now on
@@ -193,8 +195,8 @@ class Recorder:
             "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
         for r in rows:
             if r["trial"] is not None:
-                self.tracker.log_confirmed(r["trial"], r["metrics"])
-        self.update_front()
+                self.views.guard.call("log_confirmed", r["trial"], r["metrics"])
+        self.views.update_front()
 
     def unconfirm(self) -> None:
         """New trials make a confirmation stale: drop it before they run."""
@@ -202,60 +204,17 @@ class Recorder:
             self.study.set_user_attr("confirmed", None)
 
     def current_baselines(self) -> list[dict[str, Any]]:
-        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
-        confirmed = self.confirmation
-        shown = [{k: v for k, v in b.items() if k != "proxy_draws"} for b in self.baselines]  # the gate's, not a result
-        if not confirmed:
-            return shown
-        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
-                for b in shown if b["name"] in confirmed["baselines"]]
+        return self.views.current_baselines()
 
     def front(self) -> list[dict[str, Any]]:
-        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
-        on their confirmed metrics."""
-        records = self.trial_records()
-        confirmed = self.confirmation
-        if confirmed:
-            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
-                       for r in records if str(r["number"]) in confirmed["trials"]]
-        baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
-        idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, baselines, NOISE_Z)
-        return [records[i] for i in idx]
+        return self.views.front()
 
     def update_front(self) -> list[dict[str, Any]]:
-        """Recompute the front, retag MLflow runs when it changed, rewrite pareto.json."""
-        front = self.front()
-        numbers = {r["number"] for r in front}
-        if numbers != self.front_numbers:
-            self.tracker.mark_pareto(numbers)
-            self.front_numbers = numbers
-        baselines = self.current_baselines()
-        for point in front:
-            relations = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z) for b in baselines}
-            if relations != self._tagged.get(point["number"]):
-                self.tracker.tag_relations(point["number"], relations)
-                self._tagged[point["number"]] = relations
-            point["relations"] = relations
-        confirmed = self.confirmation
-        doc = {"model": self.evaluator.spec.name, "steps": self.evaluator.sampler.steps,
-               "sampler": self.sampler_info(self.evaluator.sampler), "space": self.space.name,
-               "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
-               "noise_z": NOISE_Z, "quality_evaluator": self.evaluator.fid.name,
-               "n_samples": confirmed["n_samples"] if confirmed else self.evaluator.n_samples,
-               "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
-               "baselines": baselines, "points": front}
-        tmp = self.folder / "pareto.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(self.folder / "pareto.json")
-        return front
+        return self.views.update_front()
 
     def finish(self, status: str = "FINISHED") -> list[dict[str, Any]]:
         """Final front, plots and table on the parent run; returns the front."""
-        front = self.update_front()
-        trials = [{"number": r["number"], "name": r["name"], "params": r["params"], "metrics": r["metrics"]}
-                  for r in self.trial_records()]
-        self.tracker.finish(front, self.current_baselines(), trials, self.objectives, status=status)
-        return front
+        return self.views.finish(status)
 
     def _count(self, front: list) -> str:
         """"done/total, front size, elapsed and ETA" of the trials run in this session."""

@@ -1,35 +1,172 @@
-"""The Optuna study of a search: the only place search state lives.
+"""The Optuna study of a search: the one place search state lives.
 
-`study.db` (sqlite) in the search folder holds every trial with its parameters, objective values
-and user attributes (`metrics`: all reported metrics; `constraints`: violations, ≤ 0 = satisfied;
-why a trial failed is in its MLflow run), plus study attributes: `search` (the settings a resume must match),
-`baselines` (their records) and `mlflow_runs` (trial number → MLflow run id). A search started
-again with the same name and folder loads the study and continues it; the sampler is rebuilt
-(Optuna does not store it) with its seed offset by the number of trials so far, so a resumed
-random sampler does not repeat itself.
+Storage. `search.storage=URL` takes any Optuna storage URL (`sqlite:///…`, `postgresql://…`,
+`mysql://…`) or `journal:PATH` (a journal file, `JournalFileBackend`); the default is
+`sqlite:///<folder>/study.db`. A non-default storage is named in `<folder>/storage.json`, so
+`ebtune sync`, `export` and `confirm` find the study from the folder alone.
+
+What the study holds. Every trial with its parameters, objective values (named: `study.metric_names`
+are the objectives) and user attributes: `metrics` (all reported metrics) and each metric on its
+own (`fid`, `macs`, ... for optuna-dashboard), `constraints` (violations, ≤ 0 = satisfied),
+`schedule_file` (written before the trial is told), `fail_reason` (why a trial failed) and
+`ebtune.session` (host:pid:start of the process running it). Study attributes: `search` (the
+settings a resume must match), `search_id` (the search's own id; its MLflow parent run carries it),
+`baselines`, `confirmed`, `mlflow_run.<n>` and `mlflow_synced.<n>` (the MLflow view's progress).
+
+Interrupted trials are retried. A trial whose process died is failed and re-queued with the same
+parameters (`RetryHeartbeatStaleTrialCallback`, the retry carries `failed_trial`): at once when its
+session ran on this host and that process is gone, otherwise when its Optuna heartbeat is older
+than `search.grace_period` (RDB storages; journal storages have no heartbeat). Such a trial has
+no `fail_reason` and does not count towards `trials=`; a trial that really failed does.
+
+Concurrency: sessions cooperate. Any number of sessions may run one search (same name and
+folder, or the same shared storage): each counts the budget from the study before every trial, a
+live session's trial is never failed (its heartbeat and pid are checked), and each session's sampler
+gets its own seed (`seed + trials so far + 7919 × session index`). Creating the storage, the study
+and its seed trials happens under a file lock in the folder, so two first starts do not race.
 """
 from __future__ import annotations
 
+import datetime
+import importlib
+import inspect
+import os
+import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import filelock
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.errors import ConfigError
 from ebtune.registry import Registry
 from ebtune.search.pareto import direction
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 DB_NAME = "study.db"
+POINTER_NAME = "storage.json"
+LOCK_NAME = ".study.lock"
+SESSION_ATTR = "ebtune.session"
+FAIL_REASON = "fail_reason"
+SCHEDULE_ATTR = "schedule_file"
+# Sessions' sampler seeds differ by this prime times the session index.
+SESSION_SEED_STRIDE = 7919
+# How long a session waits for the folder lock before saying who holds it.
+LOCK_TIMEOUT_S = 120
 
 
-def storage(folder: Path) -> optuna.storages.RDBStorage:
-    """The sqlite storage `<folder>/study.db` (created on first use)."""
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning (heartbeats, stale-trial retry, metric names are all used on purpose)
+    and its note that heartbeats are meant for `Study.optimize` (ebtune beats itself, `Heartbeat`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+# -- where the study is ----------------------------------------------------------------------------
+def default_url(folder: Path) -> str:
+    return f"sqlite:///{(folder / DB_NAME).absolute().as_posix()}"
+
+
+def folder_url(folder: Path) -> str:
+    """The storage URL of the search in `folder`: its `storage.json` pointer, else `study.db`.
+
+    Raises:
+        FileNotFoundError: the folder holds neither (not a search folder).
+    """
+    import json
+
+    pointer = folder / POINTER_NAME
+    if pointer.is_file():
+        return json.loads(pointer.read_text())["url"]
+    if (folder / DB_NAME).is_file():
+        return default_url(folder)
+    raise FileNotFoundError(f"no {DB_NAME} or {POINTER_NAME} in {folder}; pass a folder written by `ebtune search`")
+
+
+def resolve_url(folder: Path, url: str | None) -> str:
+    """The storage a search in `folder` uses (`search.storage`, default `study.db`), checked against
+    the folder's pointer; records a non-default one in `storage.json`.
+
+    Raises:
+        ConfigError: the folder already belongs to a study in another storage.
+    """
+    import json
+
+    url = url or default_url(folder)
+    try:
+        before = folder_url(folder)
+    except FileNotFoundError:
+        before = None
+    if before is not None and before != url:
+        raise ConfigError(f"search folder {folder} keeps its study in {before}, not {url}; resume with "
+                          f"search.storage={before} or choose another out=")
+    if url != default_url(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / POINTER_NAME).write_text(json.dumps({"url": url}, indent=2) + "\n")
+    return url
+
+
+def make_storage(url: str, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`; RDB storages get heartbeats and the retry of stale trials.
+
+    Raises:
+        ConfigError: a URL Optuna cannot open.
+    """
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal:"):].removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None  # sessions share the file
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):].split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with quiet():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period,
+                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    except (ImportError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"search.storage={url}: {first}; give an Optuna storage URL (sqlite:///, postgresql://, "
+                          f"mysql://) or journal:PATH") from None
+
+
+def storage(folder: Path) -> optuna.storages.BaseStorage:
+    """The storage of the search in `folder` (see `folder_url`)."""
+    return make_storage(folder_url(folder))
+
+
+def load_folder_study(folder: Path) -> optuna.Study:
+    """The (one) study of the search in `folder`."""
+    store = storage(folder)
+    (summary,) = optuna.get_all_study_summaries(store)
+    return optuna.load_study(study_name=summary.study_name, storage=store)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on the search folder, for creating its storage, study and seed trials."""
     folder.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{(folder / DB_NAME).absolute().as_posix()}")
+    lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            yield
+    except filelock.Timeout:
+        raise ConfigError(f"another ebtune process holds {folder / LOCK_NAME} for over {LOCK_TIMEOUT_S}s; "
+                          f"wait for it or remove the file if no ebtune runs") from None
 
 
+# -- samplers ----------------------------------------------------------------------------------------
 def constraint_values(trial: FrozenTrial) -> Sequence[float]:
     """Optuna's `constraints_func`: the violations the search stored before telling the trial."""
     return trial.user_attrs.get("constraints", ())
@@ -59,62 +196,237 @@ SAMPLERS.register("gp", _gp)
 SAMPLERS.register("random", _random)
 
 
+def _from_target(spec: Mapping[str, Any], seed: int, cons: dict) -> optuna.samplers.BaseSampler:
+    """`search.sampler={_target_: module.Class, **kwargs}`, built with importlib (Hydra stops in cli/);
+    `seed` and `constraints_func` are passed when the class takes them and the mapping does not."""
+    target = str(spec["_target_"])
+    module, _, attr = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"search.sampler._target_={target} cannot be imported; give a class path such as "
+                          f"optuna.samplers.NSGAIIISampler") from None
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    try:
+        accepted = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    extra = {"seed": seed, **cons}
+    kwargs.update({k: v for k, v in extra.items() if k in accepted and k not in kwargs})
+    try:
+        sampler = cls(**kwargs)
+    except (TypeError, ValueError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"search.sampler: {target}({', '.join(kwargs)}) failed: {first}; check its arguments") from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise ConfigError(f"search.sampler._target_={target} is not an Optuna sampler; give a BaseSampler subclass")
+    return sampler
+
+
 def make_sampler(search: Mapping[str, Any], seed: int, constrained: bool) -> optuna.samplers.BaseSampler:
-    """The configured sampler (`SAMPLERS`), seeded with `seed`.
+    """The configured sampler, seeded with `seed`: a `SAMPLERS` name or a mapping with `_target_`.
 
     Raises:
-        ConfigError: unknown sampler name.
+        ConfigError: unknown name, a target that is not importable or not a sampler, bad arguments.
     """
     cons = {"constraints_func": constraint_values} if constrained else {}
-    return SAMPLERS.make(search["sampler"], search, seed, cons)
+    spec = search["sampler"]
+    if isinstance(spec, Mapping):
+        if "_target_" not in spec:
+            raise ConfigError("search.sampler as a mapping needs _target_ (e.g. optuna.samplers.NSGAIIISampler)")
+        return _from_target(spec, seed, cons)
+    return SAMPLERS.make(spec, search, seed, cons)
 
 
-def open_study(store: optuna.storages.BaseStorage, name: str, objectives: Sequence[str], settings: Mapping[str, Any],
-               search: Mapping[str, Any], constrained: bool) -> optuna.Study:
-    """Create or load study `name` in `store` and check that a loaded one fits `settings`.
-
-    Args:
-        settings: what a resume must not change (model, steps, space, objectives, sample count...).
-        search: the `search` config (sampler, seed, startup_trials, population_size).
+def check_sampler(search: Mapping[str, Any]) -> None:
+    """Build the configured sampler once, so a bad `search.sampler` fails before any file is written.
 
     Raises:
-        ConfigError: the folder holds this study with other settings.
+        ConfigError: as `make_sampler`.
     """
-    directions = [direction(m) for m in objectives]
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
-    n_before = existing[name].n_trials if name in existing else 0
-    sampler = make_sampler(search, int(search["seed"]) + n_before, constrained)
-    study = optuna.create_study(storage=store, study_name=name, directions=directions, sampler=sampler,
-                                load_if_exists=True)
-    stored = study.user_attrs.get("search")
-    if stored is None:
-        study.set_user_attr("search", dict(settings))
-    elif stored != dict(settings):
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        raise ConfigError(f"search {name!r} was started with other settings ({', '.join(changed)}); "
-                          f"resume it with the same settings or start a new search with --name")
-    return study
+    make_sampler(search, 0, False)
 
 
-def fail_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING by a killed session as failed; returns their numbers."""
-    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in numbers:
-        study.tell(number, state=TrialState.FAIL)
-    return numbers
+# -- sessions and their trials -------------------------------------------------------------------------
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def session_tag() -> str:
+    """`host:pid:start` of this process, stored on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def session_dead(tag: str) -> bool:
+    """True when the session `tag` ran on this host and its process is gone."""
+    host, _, rest = tag.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's session: its heartbeat decides
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return start != "?" and _start_ticks(int(pid)) not in (start, "?")
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue an interrupted (already FAIL) trial with the same parameters."""
+    with quiet():
+        RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+def reap(study: optuna.Study, grace_s: float = 60.0) -> list[int]:
+    """Fail and re-queue trials whose session died; returns their numbers.
+
+    A dead process on this host is detected at once; any other session by its heartbeat grace period.
+    A running trial without a session tag (asked outside ebtune, or killed before it was tagged) is
+    taken for dead once it is `grace_s` old.
+    """
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with quiet():
+        optuna.storages.fail_stale_trials(study)
+    store = study._storage
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tag = t.user_attrs.get(SESSION_ATTR)
+        untagged_old = not tag and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
+        if (tag and session_dead(tag)) or untagged_old:
+            try:
+                if store.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    retry(study, store.get_trial(t._trial_id))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another session reaped it first
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(before - running)
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards `trials=`: it completed, was pruned, or really failed."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs)
 
 
 def done_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that ended (complete, pruned by the first fidelity, or failed), by number; they count
-    towards `n_trials`."""
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    """The trials that count towards `trials=` (see `counted`), by number."""
+    return [t for t in study.get_trials(deepcopy=False) if counted(t)]
 
 
-def add_run_id(study: optuna.Study, number: int, run_id: str) -> None:
-    runs = dict(study.user_attrs.get("mlflow_runs", {}))
-    runs[str(number)] = run_id
-    study.set_user_attr("mlflow_runs", runs)
+def to_run(study: optuna.Study, total: int) -> int:
+    """Trials still to start for a budget of `total`: counted and running trials (any session's) are taken."""
+    trials = study.get_trials(deepcopy=False)
+    return total - sum(counted(t) for t in trials) - sum(t.state == TrialState.RUNNING for t in trials)
+
+
+class Heartbeat:
+    """Records an Optuna heartbeat for one running trial every `heartbeat_interval` seconds (a no-op
+    for storages without heartbeats), so other sessions see the trial is alive."""
+
+    def __init__(self, store: optuna.storages.BaseStorage, trial_id: int):
+        self._store, self._trial_id = store, trial_id
+        interval = getattr(store, "get_heartbeat_interval", lambda: None)()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True) if interval else None
+
+    def _beat(self) -> None:
+        while True:
+            self._store.record_heartbeat(self._trial_id)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def wait_for_others(study: optuna.Study, total: int, poll_s: float, grace_s: float = 60.0) -> bool:
+    """Wait while other sessions' trials hold the rest of the budget; True when one must be started
+    here (a trial died and was re-queued), False when the budget is met."""
+    while True:
+        reap(study, grace_s)
+        trials = study.get_trials(deepcopy=False)
+        if sum(counted(t) for t in trials) >= total:
+            return False
+        if to_run(study, total) > 0 or any(t.state == TrialState.WAITING for t in trials):
+            return True
+        time.sleep(poll_s)
+
+
+# -- opening a search's study --------------------------------------------------------------------------
+def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[str], settings: Mapping[str, Any],
+               search: Mapping[str, Any], constrained: bool, seeds: Sequence[Mapping[str, Any]] = (),
+               first_start: Callable[[optuna.Study], Any] | None = None) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Create or load study `name` and check that a loaded one fits `settings`.
+
+    Under the folder lock: the storage and study are created, the objectives named, the search id
+    set, the seed points enqueued (first start only) and this session registered (its index seeds
+    its sampler).
+
+    Args:
+        url: `search.storage` (None = `<folder>/study.db`).
+        settings: what a resume must not change (model, steps, space, objectives, sample count...).
+        search: the `search` config (sampler, seed, startup_trials, population_size, heartbeat_interval,
+            grace_period).
+        seeds: parameter sets to try first.
+        first_start: called with a new study (no trials yet), under the lock, after `seeds` are
+            enqueued: what else a first start enqueues (the search's seeding, calibration included).
+
+    Raises:
+        ConfigError: the folder holds this study with other settings, or another storage.
+    """
+    import uuid
+
+    directions = [direction(m) for m in objectives]
+    heartbeat = int(search.get("heartbeat_interval") or 0) or None
+    grace = int(search.get("grace_period") or 0) or None
+    with folder_lock(folder):
+        store = make_storage(resolve_url(folder, url), heartbeat, grace)
+        study = optuna.create_study(storage=store, study_name=name, directions=directions, load_if_exists=True)
+        stored = study.user_attrs.get("search")
+        if stored is None:
+            study.set_user_attr("search", dict(settings))
+        elif stored != dict(settings):
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise ConfigError(f"search {name!r} was started with other settings ({', '.join(changed)}); "
+                              f"resume it with the same settings or start a new search with name=")
+        if study.metric_names != list(objectives):
+            with quiet():
+                study.set_metric_names(list(objectives))
+        if "search_id" not in study.user_attrs:
+            study.set_user_attr("search_id", uuid.uuid4().hex)
+        if not study.trials:
+            for seed in seeds:
+                study.enqueue_trial(dict(seed), skip_if_exists=True)
+            if first_start is not None:
+                first_start(study)
+        index = sum(k.startswith("session.") for k in study.user_attrs)
+        study.set_user_attr(f"session.{index}", session_tag())
+        n_before = len(study.trials)
+    study.sampler = make_sampler(search, int(search["seed"]) + n_before + SESSION_SEED_STRIDE * index, constrained)
+    return study, store
+
+
+def set_run_id(study: optuna.Study, number: int, run_id: str) -> None:
+    """Remember trial `number`'s MLflow run (one key per trial: sessions never overwrite each other)."""
+    study.set_user_attr(f"mlflow_run.{number}", run_id)
 
 
 def run_ids(study: optuna.Study) -> dict[int, str]:
-    return {int(k): v for k, v in study.user_attrs.get("mlflow_runs", {}).items()}
+    """Trial number → MLflow run id (the older single `mlflow_runs` attribute included)."""
+    attrs = study.user_attrs
+    runs = {int(k): v for k, v in attrs.get("mlflow_runs", {}).items()}
+    runs.update({int(k.partition(".")[2]): v for k, v in attrs.items() if k.startswith("mlflow_run.")})
+    return runs

@@ -10,7 +10,10 @@ Layout in the store (one experiment per model, e.g. ``ebtune/dit-tiny``):
   ``samples/`` artifacts, and tag ``error`` when the trial failed.
 
 The tracker only records: the search state lives in the Optuna study, and a resumed search finds its parent run
-(by search name) and its child runs (by trial number) again, so nothing is duplicated.
+(by the search's own id, tag ``ebtune.search_id``, never by name alone) and its child runs (by trial number)
+again, so nothing is duplicated. An HTTP store is asked with short timeouts and no retries
+(``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; set them to override), so a search
+notices a lost server in seconds; a sqlite store is created under a file lock, so two first starts do not race.
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ from typing import Any, Iterable
 # MLflow would otherwise write a telemetry file under ~/.config/mlflow; set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import filelock  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 
 from ebtune.search.plots import pareto_figure_html, pareto_figure_png  # noqa: E402
@@ -35,6 +40,7 @@ from ebtune.search.plots import pareto_figure_html, pareto_figure_png  # noqa: E
 # The one store all searches share, under the directory ebtune runs in (as MLflow users expect).
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 SEARCH_TAG = "ebtune.search_name"
+SEARCH_ID_TAG = "ebtune.search_id"
 TRIAL_TAG = "ebtune.trial"
 PARENT_TAG = "mlflow.parentRunId"
 PARETO_TAG = "pareto_optimal"
@@ -109,6 +115,10 @@ class SearchTracker:
                 An existing experiment keeps the location it was created with.
         """
         db = sqlite_store_path(uri)
+        self._lock_path = None if db is None else db.with_name(db.name + ".lock")
+        if db is None:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             query = uri.partition("?")[2]
@@ -119,11 +129,23 @@ class SearchTracker:
         self.uri = uri
         self.experiment = experiment
         self._artifact_location = artifact_location
-        self._client = MlflowClient(tracking_uri=uri)
+        self._client_instance: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._trial_runs: dict[int, str] = {}
         self._baselines: dict[str, dict[str, Any]] = {}
+
+    @property
+    def _client(self) -> MlflowClient:
+        """The client, made on first use: for a sqlite store that creates and migrates its tables, under a
+        file lock so two first starts do not race."""
+        if self._client_instance is None:
+            if self._lock_path is None:
+                self._client_instance = MlflowClient(tracking_uri=self.uri)
+            else:
+                with filelock.FileLock(str(self._lock_path), timeout=300):
+                    self._client_instance = MlflowClient(tracking_uri=self.uri)
+        return self._client_instance
 
     @property
     def parent_run_id(self) -> str:
@@ -132,12 +154,30 @@ class SearchTracker:
             raise RuntimeError("SearchTracker has no parent run yet; call start() first")
         return self._parent
 
-    def start(self, search_name: str, config: dict, space: dict, info: dict) -> str:
-        """Open (or, for a search name already in the experiment, resume) the parent run.
+    @property
+    def trial_runs(self) -> dict[int, str]:
+        """Trial number → child run id, of the runs this search has in the store (as last read)."""
+        return dict(self._trial_runs)
+
+    def refresh_trial_runs(self) -> dict[int, str]:
+        """Re-read the child runs (other sessions on the search add theirs); returns `trial_runs`."""
+        self._trial_runs.update({int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children()})
+        return self.trial_runs
+
+    @property
+    def baseline_names(self) -> list[str]:
+        """The baselines logged on the parent run."""
+        return list(self._baselines)
+
+    def start(self, search_name: str, config: dict, space: dict, info: dict, search_id: str | None = None) -> str:
+        """Open (or, for a search id already in the experiment, resume) the parent run.
 
         Args:
-            search_name: unique per experiment; a second ``start`` with the same name reuses the parent run, its
-                child runs and its baselines, and sets it RUNNING again.
+            search_name: the parent run's name (tag ``ebtune.search_name``).
+            search_id: the search's own id (the study's ``search_id``; default: the name, for a tracker used
+                without a study); a second ``start`` with the same id reuses the parent run, its child runs and
+                its baselines, and sets it RUNNING again. A parent from before search ids is adopted only when
+                its name and ``folder`` param both match.
             config: the resolved configuration, logged as ``config.json`` (overwritten on resume).
             space: the search space, logged as ``space.json``.
             info: run facts (git commit, device, ebtune version, steps, sampler...), logged as params. Params are
@@ -149,18 +189,30 @@ class SearchTracker:
         """
         if "'" in search_name or '"' in search_name:
             raise ValueError(f"search name {search_name!r} contains a quote; choose a name without quotes")
+        search_id = search_id or search_name
         experiment_id = self._ensure_experiment()
-        found = self._search(experiment_id, f"tags.`{SEARCH_TAG}` = '{search_name}'")
+        found = self._search(experiment_id, f"tags.`{SEARCH_ID_TAG}` = '{search_id}'")
+        if not found and "folder" in info:
+            legacy = self._search(experiment_id, f"tags.`{SEARCH_TAG}` = '{search_name}'")
+            found = [r for r in legacy if SEARCH_ID_TAG not in r.data.tags and r.data.params.get("folder") == str(info["folder"])]
+            for run in found:
+                self._client.set_tag(run.info.run_id, SEARCH_ID_TAG, search_id)
         if found:
             # Two parents can only come from a race between two first starts; the oldest one is the search.
-            parent = min(found, key=lambda r: r.info.start_time)
+            parent = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
             self._parent = parent.info.run_id
             self._client.update_run(self._parent, status="RUNNING")
             self._trial_runs = {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children()}
             self._baselines = {b["name"]: b for b in self._load_baselines()}
         else:
-            parent = self._client.create_run(experiment_id, start_time=_now_ms(), run_name=search_name,
-                                             tags={SEARCH_TAG: search_name})
+            mine = self._client.create_run(experiment_id, start_time=_now_ms(), run_name=search_name,
+                                           tags={SEARCH_TAG: search_name, SEARCH_ID_TAG: search_id})
+            # Two sessions starting at once may both create one; both keep the oldest, the other is deleted.
+            found = self._search(experiment_id, f"tags.`{SEARCH_ID_TAG}` = '{search_id}'") or [mine]
+            parent = min(found, key=lambda r: (r.info.start_time, r.info.run_id))
+            if parent.info.run_id != mine.info.run_id:
+                self._client.delete_run(mine.info.run_id)
+                self._trial_runs = {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._children_of(parent.info.run_id)}
             self._parent = parent.info.run_id
         new, changed = self._new_params(parent, info, what=f"search {search_name!r}", strict=False)
         self._client.log_batch(self._parent, params=[Param(k, v) for k, v in new.items()],
@@ -210,6 +262,9 @@ class SearchTracker:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{what} {path} of trial {number} does not exist; pass an existing file or None")
         parent = self.parent_run_id
+        if number not in self._trial_runs:  # another session on this search may have opened it since start()
+            self._trial_runs.update({int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in self._search(
+                self._experiment_id, f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'")})
         run_id = self._trial_runs.get(number)
         if run_id is None:
             run = self._client.create_run(
@@ -261,16 +316,18 @@ class SearchTracker:
             ValueError: a number has no child run in this search (log the trial first).
         """
         self.parent_run_id  # raises before start(), rather than reporting every trial as missing
+        children = self._children()  # another session on this search may have added runs
+        self._trial_runs.update({int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in children})
         missing = sorted(set(trial_numbers) - set(self._trial_runs))
         if missing:
             raise ValueError(f"trials {missing} have no run in this search; log_trial() them before mark_pareto()")
-        for run in self._children():
+        for run in children:
             want = "true" if int(run.data.tags[TRIAL_TAG]) in trial_numbers else "false"
             if run.data.tags.get(PARETO_TAG) != want:
                 self._client.set_tag(run.info.run_id, PARETO_TAG, want)
 
     def finish(self, front: list[dict], baselines: list[dict], trials: list[dict], objectives: list[str],
-               status: str = "FINISHED") -> None:
+               status: str = "FINISHED", quality: str | None = None) -> None:
         """Write the Pareto artifacts, bring the ``pareto_optimal`` tags in line with ``front`` and end the parent.
 
         Args:
@@ -279,6 +336,7 @@ class SearchTracker:
             trials: every trial (failed ones without finite metrics are not drawn).
             objectives: objective metric names; the plots use the first two as x and y.
             status: final parent status, ``FINISHED``, ``FAILED`` or ``KILLED``.
+            quality: the quality axis' evaluator and image count (e.g. "digits-native, 256 images").
 
         Artifacts: ``pareto.png`` (matplotlib), ``pareto.html`` (plotly, self-contained), ``pareto.csv`` (the front).
         """
@@ -292,22 +350,34 @@ class SearchTracker:
         title = f"{self.experiment} · {self._client.get_run(parent).info.run_name}"
         with tempfile.TemporaryDirectory(prefix="ebtune-pareto-") as tmp:
             for writer, name in ((pareto_figure_png, "pareto.png"), (pareto_figure_html, "pareto.html")):
-                self._client.log_artifact(parent, str(writer(Path(tmp) / name, trials, front, baselines, x, y, title)))
+                self._client.log_artifact(parent, str(writer(Path(tmp) / name, trials, front, baselines, x, y, title,
+                                                                    quality)))
         self._client.log_text(parent, _table_csv(front), "pareto.csv")
         self._client.set_terminated(parent, status, end_time=_now_ms())
 
+    def log_dir(self, path: str, artifact_path: str) -> None:
+        """Log the files of folder ``path`` on the parent run under ``artifact_path`` (replacing earlier copies)."""
+        self._client.log_artifacts(self.parent_run_id, path, artifact_path)
+
     def write_pointer(self, folder: str) -> None:
-        """Write ``folder/tracking.json``: ``uri``, ``experiment``, ``experiment_id``, ``parent_run_id``."""
+        """Write ``folder/tracking.json``: ``uri``, ``experiment``, ``experiment_id``, ``parent_run_id`` (the last
+        two None while the store was unreachable)."""
         pointer = {"uri": self.uri, "experiment": self.experiment, "experiment_id": self._experiment_id,
-                   "parent_run_id": self.parent_run_id}
+                   "parent_run_id": self._parent}
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "tracking.json").write_text(json.dumps(pointer, indent=2) + "\n")
 
     def _ensure_experiment(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is None:
-            self._experiment_id = self._client.create_experiment(self.experiment,
-                                                                 artifact_location=self._artifact_location)
+            try:
+                self._experiment_id = self._client.create_experiment(self.experiment,
+                                                                     artifact_location=self._artifact_location)
+            except MlflowException:  # another process created it since
+                exp = self._client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+                self._experiment_id = exp.experiment_id
         elif exp.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {self.experiment!r} is deleted in {self.uri}; restore it with "
                              f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or set tracking.uri=")
@@ -326,7 +396,10 @@ class SearchTracker:
                 return runs
 
     def _children(self) -> list[Run]:
-        return self._search(self._experiment_id, f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'")
+        return self._children_of(self.parent_run_id)
+
+    def _children_of(self, parent: str) -> list[Run]:
+        return self._search(self._experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'")
 
     def _load_baselines(self) -> list[dict[str, Any]]:
         """The baselines a previous session logged on the parent, so a resumed search keeps its table whole."""
@@ -351,3 +424,52 @@ class SearchTracker:
             raise ValueError(f"{what} is already logged with {first}={logged[first]}, not {changed[first]}; "
                              f"resume a search only with its own study")
         return new, changed
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a lost or broken store raises: MLflow's own errors, network errors (requests' are OSErrors) and
+    database errors of a sqlite store."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, OSError, SQLAlchemyError
+
+
+class GuardedTracker:
+    """A `SearchTracker` whose store may be down: the first failing call prints one warning line, and every
+    call is skipped (returning None) until `retry_after_s` have passed; then the next call tries the store
+    again. The study stays the source of truth, so whatever was skipped is written by the next
+    `Views.sync` (every start, and `ebtune sync RUN`).
+
+    Args:
+        tracker: the tracker to guard; log: where the warning goes.
+    """
+
+    def __init__(self, tracker: SearchTracker, log: Any = print, retry_after_s: float = 120.0):
+        self.tracker, self._log, self._retry_after_s = tracker, log, retry_after_s
+        self._down_since: float | None = None
+        self.warned = False
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def ready(self) -> bool:
+        """Whether calls go to the store now (it is up, or it is time to try it again)."""
+        return self._down_since is None or time.monotonic() - self._down_since >= self._retry_after_s
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`tracker.<method>(*args, **kwargs)`, or None while the store is down."""
+        if not self.ready():
+            return None
+        try:
+            out = getattr(self.tracker, method)(*args, **kwargs)
+        except _unreachable_errors() as e:
+            if not self.warned:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                self._log(f"warning: MLflow at {self.tracker.uri} is unreachable ({type(e).__name__}: {first}); "
+                          f"searching on, the study keeps every result; `ebtune sync FOLDER` writes them to MLflow later")
+                self.warned = True
+            self._down_since = time.monotonic()
+            return None
+        self._down_since = None
+        return out

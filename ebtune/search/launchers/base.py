@@ -3,12 +3,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ebtune.search.job import Job
+from ebtune.search.job import Job, SearchStopped
 
 
 class Launcher(ABC):
-    """Runs trials of a `Job`; `run` returns when `n_trials` new trials have finished."""
+    """Runs trials of a `Job` until its study holds `job.total` counted trials (see
+    `ebtune.search.study.counted`), sharing that budget with any other session on the study."""
 
     @abstractmethod
-    def run(self, job: Job, n_trials: int) -> None:
-        """Run `n_trials` new trials, recording each through `job.recorder`."""
+    def run(self, job: Job) -> None:
+        """Run trials until the budget is met, recording each through `job.recorder`.
+
+        Raises:
+            SearchStopped: `search.max_consecutive_failures` trials failed in a row.
+        """
+
+
+def check_streak(job: Job) -> None:
+    """Stop the search after `search.max_consecutive_failures` real failures in a row (0 = never)."""
+    limit = int(job.cfg["search"].get("max_consecutive_failures") or 0)
+    if limit and job.recorder.streak >= limit:
+        raise SearchStopped(f"{job.recorder.streak} trials failed in a row (search.max_consecutive_failures={limit}); "
+                            f"fix the cause shown above, then run the same command to resume")

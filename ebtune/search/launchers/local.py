@@ -1,4 +1,10 @@
-"""`launcher=local`: trials one after another in this process, an Optuna ask/tell loop."""
+"""`launcher=local`: trials one after another in this process, an Optuna ask/tell loop.
+
+Before each trial the loop re-counts the budget in the study and re-queues trials of dead sessions
+(`ebtune.search.study.reap`), so several local sessions on one search share its budget. While a
+trial runs, a heartbeat marks it alive; `search.trial_timeout_s` is enforced with SIGALRM
+(`ebtune.search.job.time_limit`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +14,9 @@ from optuna.trial import TrialState
 
 from ebtune.search.evaluator import TrialPruned
 from ebtune.search.gap_gate import GapGate
-from ebtune.search.job import Job, score, trial_error
-from ebtune.search.launchers.base import Launcher
+from ebtune.search.job import Job, score, time_limit, trial_error
+from ebtune.search.launchers.base import Launcher, check_streak
+from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, quiet, retry, session_tag, wait_for_others
 
 
 class LocalLauncher(Launcher):
@@ -18,29 +25,39 @@ class LocalLauncher(Launcher):
     def __init__(self, cfg: Mapping[str, Any], folder: Path):
         del cfg, folder  # the driver's evaluator already holds everything a local trial needs
 
-    def run(self, job: Job, n_trials: int) -> None:
-        for _ in range(n_trials):
-            trial = job.study.ask()
-            params = job.space.suggest(trial)
-            job.recorder.trial_started(trial.number, params)
-            gate = job.gate()
+    def run(self, job: Job) -> None:
+        while wait_for_others(job.study, job.total, job.poll_s, job.grace_s):
+            self._trial(job)
+            check_streak(job)
+
+    @staticmethod
+    def _trial(job: Job) -> None:
+        study = job.study
+        with quiet():
+            trial = study.ask()
+        trial.set_user_attr(SESSION_ATTR, session_tag())
+        with Heartbeat(job.storage, trial._trial_id):
             try:
-                outcome = score(job.evaluator, job.space, params, job.reference, gate)
+                with time_limit(job.timeout_s):
+                    params = job.space.suggest(trial)
+                    job.recorder.trial_started(trial.number, params)
+                    gate = job.gate()
+                    outcome = score(job.evaluator, job.space, params, job.reference, gate)
+                    values = job.values(outcome.metrics)
+                trial.set_user_attr("proxy_draws", list(outcome.proxy_draws))
+                if isinstance(gate, GapGate):
+                    gate.store(trial)  # its gap record, for the gates of later trials
+                job.recorder.prepare(trial, params, outcome.metrics, outcome.grid)
+                study.tell(trial, values)
             except TrialPruned as pruned:
                 trial.set_user_attr("metrics", pruned.metrics)
-                job.study.tell(trial, state=TrialState.PRUNED)
-                job.recorder.trial_pruned(trial.number, params, pruned.metrics)
-                continue
+                study.tell(trial, state=TrialState.PRUNED)
             except KeyboardInterrupt:
-                job.study.tell(trial, state=TrialState.FAIL)
-                job.recorder.trial_finished(trial.number, params, None, "interrupted")
+                study.tell(trial, state=TrialState.FAIL)
+                retry(study, study.get_trials(deepcopy=False)[trial.number])
+                job.recorder.told(trial.number)
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the search goes on
-                job.study.tell(trial, state=TrialState.FAIL)
-                job.recorder.trial_finished(trial.number, params, None, trial_error(exc))
-                continue
-            trial.set_user_attr("proxy_draws", list(outcome.proxy_draws))
-            if isinstance(gate, GapGate):
-                gate.store(trial)  # its gap record, for the gates of later trials
-            job.study.tell(trial, job.values(trial, outcome.metrics))
-            job.recorder.trial_finished(trial.number, params, outcome.metrics, grid=outcome.grid)
+            except BaseException as exc:  # noqa: BLE001 - any failure of one trial (SystemExit included) is recorded
+                trial.set_user_attr(FAIL_REASON, trial_error(exc))
+                study.tell(trial, state=TrialState.FAIL)
+        job.recorder.told(trial.number)

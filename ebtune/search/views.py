@@ -1,0 +1,259 @@
+"""The views of a search derived from its Optuna study: MLflow runs, `pareto.json`, the front.
+
+The study is the source of truth (see `ebtune.search.study`); everything here is rebuilt from it.
+`Views.sync` reconciles them idempotently: it opens the MLflow parent run (found by the study's
+`search_id`), logs the baselines and every trial the store does not yet show in its final state
+(`mlflow_synced.<n>` in the study says which state was written), re-tags the front and rewrites
+`pareto.json`. Every start of a search runs it, as does `ebtune sync RUN`, so a kill between Optuna's
+`tell` and the MLflow write, or a search run while MLflow was down, leaves nothing missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation
+from ebtune.search.plots import write_pareto_plots
+from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
+from ebtune.search.tracking import GuardedTracker, SearchTracker
+
+SYNCED = "mlflow_synced."
+INTERRUPTED = "interrupted: the session running it ended (re-queued with the same parameters)"
+
+
+def trial_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+class Views:
+    """MLflow runs and `pareto.json` of one search, written from its study.
+
+    Args:
+        folder: the search folder; study: its study; tracker: a `SearchTracker` (not yet started).
+        objectives, constraints: what the front is computed over.
+        start: `SearchTracker.start`'s (config, space, info) for the parent run.
+        meta: what `pareto.json` records about the search (model, steps, sampler, space, quality
+            evaluator, n_samples); stored in the study (`pareto_meta`) so `ebtune sync` needs no model.
+    """
+
+    def __init__(self, folder: Path, study: optuna.Study, tracker: SearchTracker, objectives: Sequence[str],
+                 constraints: Sequence[Constraint], start: tuple[dict, dict, dict], meta: dict[str, Any],
+                 log: Callable[[str], None] = print):
+        self.folder, self.study, self.objectives, self.constraints = folder, study, list(objectives), list(constraints)
+        self.guard = GuardedTracker(tracker, log)
+        self.meta, self._start, self.log = meta, start, log
+        self._started = False
+        self._front_numbers: set[int] | None = None
+        self._tagged: dict[int, dict[str, str]] = {}
+
+    @property
+    def tracker(self) -> SearchTracker:
+        return self.guard.tracker
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The MLflow parent run, or None while the store has not been reached."""
+        return self.tracker.parent_run_id if self._started else None
+
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        return list(self.study.user_attrs.get("baselines", []))
+
+    # -- MLflow --------------------------------------------------------------------------------------
+    def _connected(self) -> bool:
+        """Start the parent run if it is not yet (the store may have been down); True when it is."""
+        if not self._started and self.guard.ready():
+            parent = self.guard.call("start", self.study.study_name, *self._start,
+                                     search_id=self.study.user_attrs["search_id"])
+            self._started = parent is not None
+            if self._started:
+                self.tracker.write_pointer(str(self.folder))
+                if (self.folder / ".hydra").is_dir():  # the composed config and the typed overrides
+                    self.guard.call("log_dir", str(self.folder / ".hydra"), ".hydra")
+                self._reconcile()  # whatever the store missed before it was reached
+        return self._started and self.guard.ready()
+
+    def trial_running(self, number: int, params: dict[str, Any]) -> None:
+        """Open trial `number`'s run (RUNNING), so it shows while it runs."""
+        if self._connected():
+            run_id = self.guard.call("log_trial", number, params, None, "RUNNING")
+            if run_id is not None:
+                set_run_id(self.study, number, run_id)
+
+    def baseline(self, record: dict[str, Any]) -> None:
+        if self._connected():
+            self.guard.call("log_baseline", record["name"], record["params"], record["metrics"])
+
+    def trial_told(self, trial: FrozenTrial) -> None:
+        """Write a told trial's final state to its run (idempotent; skipped while the store is down)."""
+        if not self._connected():
+            return
+        number, params, attrs = trial.number, dict(trial.params), trial.user_attrs
+        name = trial_name(number)
+        if trial.state == TrialState.COMPLETE:
+            schedule = self.folder / attrs.get(SCHEDULE_ATTR, f"schedules/{name}.json")
+            grid = self.folder / "grids" / f"{name}.png"
+            run_id = self.guard.call("log_trial", number, params, attrs["metrics"], "COMPLETE",
+                                     schedule_file=str(schedule) if schedule.is_file() else None,
+                                     grid_png=str(grid) if grid.is_file() else None)
+            if run_id is not None:
+                _set_provenance_run(schedule, run_id)
+        elif trial.state == TrialState.PRUNED:
+            run_id = self.guard.call("log_trial", number, params, attrs.get("metrics"), "PRUNED")
+        else:
+            run_id = self.guard.call("log_trial", number, params, attrs.get("metrics"), "FAIL",
+                                     error=attrs.get(FAIL_REASON) or INTERRUPTED)
+        if run_id is not None:
+            if run_ids(self.study).get(number) != run_id:
+                set_run_id(self.study, number, run_id)
+            self.study.set_user_attr(f"{SYNCED}{number}", trial.state.name)
+
+    def sync(self) -> None:
+        """Bring MLflow and `pareto.json` in line with the study (idempotent)."""
+        if self._started and self.guard.ready():
+            self._reconcile()
+        else:
+            self._connected()  # reconciles when it reaches the store
+        self.update_front()
+
+    def _reconcile(self) -> None:
+        """Log what the store lacks: baselines, trials not in their final state there, running trials."""
+        logged = set(self.tracker.baseline_names)
+        for record in self.baselines:
+            if record["name"] not in logged:
+                self.guard.call("log_baseline", record["name"], record["params"], record["metrics"])
+        synced = {int(k[len(SYNCED):]): v for k, v in self.study.user_attrs.items() if k.startswith(SYNCED)}
+        known = run_ids(self.study)
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state.is_finished() and synced.get(t.number) != t.state.name:
+                self.trial_told(t)
+            elif t.state == TrialState.RUNNING and t.number not in known:
+                self.trial_running(t.number, dict(t.params))
+        self._front_numbers = None  # re-tag the front from what the store shows
+
+    # -- the front ---------------------------------------------------------------------------------
+    def trial_records(self) -> list[dict[str, Any]]:
+        """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""
+        runs = run_ids(self.study)
+        return [{"number": t.number, "name": trial_name(t.number), "params": dict(t.params),
+                 "metrics": t.user_attrs["metrics"],
+                 "schedule_file": t.user_attrs.get(SCHEDULE_ATTR, f"schedules/{trial_name(t.number)}.json"),
+                 "mlflow_run_id": runs.get(t.number)}
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+
+    @property
+    def confirmation(self) -> dict[str, Any] | None:
+        """The front's confirmation (study attribute `confirmed`), or None before one ran."""
+        return self.study.user_attrs.get("confirmed")
+
+    def current_baselines(self) -> list[dict[str, Any]]:
+        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
+        confirmed = self.confirmation
+        shown = [{k: v for k, v in b.items() if k != "proxy_draws"} for b in self.baselines]  # the gate's, not a result
+        if not confirmed:
+            return shown
+        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
+                for b in shown if b["name"] in confirmed["baselines"]]
+
+    def front(self) -> list[dict[str, Any]]:
+        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
+        on their confirmed metrics."""
+        records = self.trial_records()
+        confirmed = self.confirmation
+        if confirmed:
+            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
+                       for r in records if str(r["number"]) in confirmed["trials"]]
+        baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
+        idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, baselines, NOISE_Z)
+        return [records[i] for i in idx]
+
+    def update_front(self) -> list[dict[str, Any]]:
+        """Recompute the front, retag MLflow runs when it changed, rewrite pareto.json."""
+        front = self.front()
+        numbers = {r["number"] for r in front}
+        connected = self._started and self.guard.ready()
+        if connected and numbers != self._front_numbers and self._have_runs(numbers):
+            self.guard.call("mark_pareto", numbers)
+            if self.guard.up:
+                self._front_numbers = numbers
+        baselines = self.current_baselines()
+        for point in front:
+            relations = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z) for b in baselines}
+            if connected and relations != self._tagged.get(point["number"]):
+                self.guard.call("tag_relations", point["number"], relations)
+                if self.guard.up:
+                    self._tagged[point["number"]] = relations
+            point["relations"] = relations
+        confirmed = self.confirmation
+        doc = {**self.meta, "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
+               "noise_z": NOISE_Z, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
+               "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
+               "baselines": baselines, "points": front}
+        tmp = self.folder / f"pareto.json.{os.getpid()}.tmp"  # one temp file per writer: sessions may share the folder
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(self.folder / "pareto.json")
+        return front
+
+    def _have_runs(self, numbers: set[int]) -> bool:
+        """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
+        if numbers <= set(self.tracker.trial_runs):
+            return True
+        return numbers <= set(self.guard.call("refresh_trial_runs") or {})
+
+    def finish(self, status: str = "FINISHED") -> list[dict[str, Any]]:
+        """Final front; its plots in the search folder (pareto.png/html) and, when the store is up, with
+        the table on the parent run; returns the front."""
+        front = self.update_front()
+        trials = [{"number": r["number"], "name": r["name"], "params": r["params"], "metrics": r["metrics"]}
+                  for r in self.trial_records()]
+        confirmed = self.confirmation
+        n_samples = confirmed["n_samples"] if confirmed else self.meta["n_samples"]
+        quality = f"{self.meta['quality_evaluator']}, {n_samples} images"
+        write_pareto_plots(self.folder, trials, front, self.current_baselines(), self.objectives,
+                           self.meta["quality_evaluator"], n_samples)
+        if self._connected() and self._have_runs({p["number"] for p in front}):
+            self.guard.call("finish", front, self.current_baselines(), trials, self.objectives, status=status,
+                            quality=quality)
+        return front
+
+
+def _set_provenance_run(path: Path, run_id: str) -> None:
+    """Record the MLflow run in a trial's schedule file once the run exists (the store may have been down
+    when the file was written)."""
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    if doc.get("provenance", {}).get("mlflow_run_id") != run_id:
+        doc.setdefault("provenance", {})["mlflow_run_id"] = run_id
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def folder_views(folder: Path, uri: str | None = None, log: Callable[[str], None] = print) -> Views:
+    """The views of the search in `folder`, rebuilt from its study alone (no model is loaded).
+
+    Args:
+        uri: the MLflow store (default: the one the search recorded).
+
+    Raises:
+        FileNotFoundError: not a search folder.
+    """
+    from ebtune.search.study import load_folder_study
+
+    study = load_folder_study(folder)
+    attrs = study.user_attrs
+    if "pareto_meta" not in attrs or "mlflow_start" not in attrs:
+        raise FileNotFoundError(f"the study in {folder} predates `ebtune sync`; run the same `ebtune search` "
+                                f"command once to resume it, which syncs it")
+    tracking = attrs["tracking"]
+    tracker = SearchTracker(uri or tracking["uri"], tracking["experiment"])
+    settings = attrs["search"]
+    start = attrs["mlflow_start"]
+    return Views(folder, study, tracker, settings["objectives"], [Constraint.parse(c) for c in settings["constraints"]],
+                 (start["config"], start["space"], start["info"]), attrs["pareto_meta"], log)
