@@ -23,8 +23,9 @@ TINY = ["model=dit-tiny", f"steps={STEPS}", "metric.n_samples=6", "metric.batch_
         "metric.n_proxy=0", "metric.bootstrap=0", "device=cpu"]
 
 
-def _evaluator(pairs: int | None) -> Evaluator:
-    cfg = compose(TINY, config_name="search")
+def _evaluator(pairs: int | None, objectives: str | None = None, constraints: str | None = None) -> Evaluator:
+    extra = [f"search.objectives={objectives}"] * bool(objectives) + [f"search.constraints={constraints}"] * bool(constraints)
+    cfg = compose([*TINY, *extra], config_name="search")
     if pairs is not None:
         cfg["metric"]["latency_pairs"] = pairs
     return Evaluator(cfg, "cpu")
@@ -98,8 +99,11 @@ def test_fewer_steps_are_paired_with_the_full_step_reference(clock):
 
 
 def test_default_pairs_and_the_reference_itself(clock):
-    ev = _evaluator(pairs=None)  # conf/search.yaml without the key: the evaluator's default, capped at 3 timed batches
+    # auto (conf/search.yaml): MACs-ranked on CPU, latency only reported -> one pair
+    assert _evaluator(pairs=None).pairs == evaluator_module.LATENCY_PAIRS_REPORTED == 1
+    ev = _evaluator(pairs=None, objectives="[fid,latency_s]")  # ranked by latency: LATENCY_PAIRS, capped at 3 timed batches
     assert evaluator_module.LATENCY_PAIRS > 3 and ev.pairs == 3 and _evaluator(pairs=1).pairs == 1
+    assert _evaluator(pairs=None, constraints="['latency_s <= 1.0']").pairs == 3
     assert ev.provenance()["latency"]["paired_batches"] == ev.pairs
     clock.start()
     assert ev.evaluate(ev.no_cache, None).metrics["latency_speedup"] == 1.0

@@ -53,11 +53,14 @@ from ebtune.search.pareto import std_key
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
 GRID_IMAGES = 20
 GRID_MAX_SIDE = 64
-# Uncached timing-only batches per trial when `metric.latency_pairs` is not set. Each costs one
-# no-cache batch (a trial pruned at the first fidelity pays only those before its gate). On the
-# shared 2-core CPU, 4 kept two concurrent trials within 4 % of a lone run's latency_speedup, where 2
-# and 3 let single pairs miss by up to 20-28 % (bench/paired_latency.py).
+# Uncached timing-only batches per trial for `metric.latency_pairs: auto` when the search ranks or
+# constrains by latency. Each costs one no-cache batch (a trial pruned at the first fidelity pays only
+# those before its gate). On the shared 2-core CPU, 4 kept two concurrent trials within 4 % of a lone
+# run's latency_speedup, where 2 and 3 let single pairs miss by up to 20-28 % (bench/paired_latency.py).
 LATENCY_PAIRS = 4
+# ... and when latency is only reported (MACs ranked, the CPU default): one pair still cancels a
+# concurrent trial's or a busy machine's slowdown, for a quarter of the timing cost.
+LATENCY_PAIRS_REPORTED = 1
 
 
 class TrialError(RuntimeError):
@@ -110,15 +113,31 @@ def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
     return min(batch_size, n_samples // (warmup + 1))
 
 
-def latency_pairs(metric: Mapping[str, Any]) -> int:
-    """`metric.latency_pairs` (default `LATENCY_PAIRS`): uncached reference batches timed per trial.
+def latency_ranked(search: Mapping[str, Any] | None, device_type: str) -> bool:
+    """Whether a search ranks or constrains by latency (`search.objectives`, `search.constraints`;
+    objectives `auto` rank by latency on CUDA). No search config (confirm, bench): True."""
+    if not search:
+        return True
+    objectives = search.get("objectives", "auto")
+    if objectives == "auto":
+        names = ["latency_s"] if device_type == "cuda" else []
+    else:
+        names = [objectives] if isinstance(objectives, str) else list(objectives)
+    return any(str(n).startswith("latency") for n in names) or "latency" in " ".join(map(str, search.get("constraints") or ()))
+
+
+def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> int:
+    """`metric.latency_pairs`: uncached reference batches timed per trial; `auto` (the default) =
+    `LATENCY_PAIRS` when the search ranks by latency (`ranked`), else `LATENCY_PAIRS_REPORTED`.
 
     Raises:
-        ConfigError: not a whole number >= 0.
+        ConfigError: neither `auto` nor a whole number >= 0.
     """
-    value = metric.get("latency_pairs", LATENCY_PAIRS)
+    value = metric.get("latency_pairs", "auto")
+    if value == "auto":
+        return LATENCY_PAIRS if ranked else LATENCY_PAIRS_REPORTED
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"metric.latency_pairs must be a whole number >= 0 (0 = unpaired latency), got {value!r}")
+        raise ConfigError(f"metric.latency_pairs must be auto or a whole number >= 0 (0 = unpaired latency), got {value!r}")
     return value
 
 
@@ -142,7 +161,7 @@ class Evaluator:
         self.n_samples = int(metric["n_samples"])
         self.warmup = int(metric["latency_warmup"])
         self.batch = latency_batch(self.n_samples, int(metric["batch_size"]), self.warmup)
-        self.pairs = min(latency_pairs(metric), self.timed_batches)
+        self.pairs = min(latency_pairs(metric, latency_ranked(cfg.get("search"), self.device.type)), self.timed_batches)
         self.seed = int(cfg["seed"])
         self.bootstrap = int(metric.get("bootstrap", 0))
         self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
