@@ -191,7 +191,9 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     run = tmp_path / "run"
     assert ebtune("search", *TINY, "trials=3", f"out={run}", "--name", "tiny") == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-2] == f"search folder: {run}" and out[-1].startswith("MLflow: sqlite:///")
+    end = out.index("next:")  # the summary's last lines, then the next commands with this folder filled in
+    assert out[end - 2] == f"search folder: {run}" and out[end - 1].startswith("MLflow: sqlite:///")
+    assert any(line.split()[:3] == ["ebtune", "export", str(run)] for line in out[end:])
     assert any(line.startswith("[  3/3 front") for line in out)
     for name in ("study.db", "pareto.json", "tracking.json"):
         assert (run / name).is_file()
