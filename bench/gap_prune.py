@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from multifidelity import hypervolume_2d, search  # noqa: E402
+from multifidelity import hypervolume_2d, reference_point, search  # noqa: E402
 
 from ebtune.search.gap_gate import REAL_IMAGES  # noqa: E402
 from ebtune.search.space import CALIBRATED, MASKS_KEY, SPACES_DIR  # noqa: E402
@@ -64,14 +64,12 @@ def main() -> None:
                                  f"++metric.gap_prune={str(gap).lower()}")
             print(f"{label}: {runs[label]['cost_tmacs']:.3f} TMACs, {runs[label]['pruned']} pruned, "
                   f"{runs[label]['wall_s']:.0f} s", flush=True)
-    quality = [e["metrics"]["fid"] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
-    nocache = next(b for b in runs["fid gate"]["pareto"]["baselines"] if b["name"] == "nocache")["metrics"]["macs"]
-    ref = (max(quality) * 1.05, nocache / 1e9)
+    ref = reference_point(runs, "fid gate")
     report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "real_images": REAL_IMAGES,
               "load_avg": os.getloadavg(), "runs": {}}
     base_front = {_front_key(pt) for pt in runs["fid gate"]["pareto"]["points"]}
     for (label, gap, _), r in zip(RUNS, runs.values()):
-        reference_cost = REAL_IMAGES * nocache / 1e12 if gap else 0.0
+        reference_cost = REAL_IMAGES * ref[1] / 1e3 if gap else 0.0  # no-cache GMACs per real image, in TMACs
         points = r["pareto"]["points"]
         report["runs"][label] = {
             "wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"] + reference_cost, "reference_tmacs": reference_cost,

@@ -46,6 +46,14 @@ def search(workdir: Path, *overrides: str) -> dict:
             "pareto": pareto}
 
 
+def reference_point(runs: dict[str, dict], base: str) -> tuple[float, float]:
+    """The hypervolume reference shared by every run compared: 5 % past the worst confirmed quality
+    of any front point or baseline of any run, and run `base`'s no-cache GMACs."""
+    quality = [e["metrics"]["fid"] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
+    nocache = next(b for b in runs[base]["pareto"]["baselines"] if b["name"] == "nocache")["metrics"]["macs"]
+    return max(quality) * 1.05, nocache / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=24)
@@ -56,9 +64,7 @@ def main() -> None:
     for label, extra in (("multi-fidelity", []), ("full size", ["metric.n_proxy=0"])):
         with tempfile.TemporaryDirectory(prefix="ebtune-mf-") as tmp:
             runs[label] = search(Path(tmp), f"trials={a.trials}", *a.overrides, *extra)
-    quality = [e["metrics"]["fid"] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
-    nocache = next(b for b in runs["full size"]["pareto"]["baselines"] if b["name"] == "nocache")["metrics"]["macs"]
-    ref = (max(quality) * 1.05, nocache / 1e9)
+    ref = reference_point(runs, "full size")
     report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
     for label, r in runs.items():
         front = [(pt["metrics"]["fid"], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]

@@ -173,8 +173,7 @@ def test_bad_inputs_are_one_line(ebtune, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trials='abc'" in err and "number" in err and len(err.strip().splitlines()) == 1  # the key is named
     assert ebtune("search", *TINY_SEARCH, "search.sampler=cmaes", f"out={tmp_path / 'r'}", "--dry-run") == 2
-    err = capsys.readouterr().err
-    assert "search.sampler='cmaes' is unknown" in err and "tpe" in err and not (tmp_path / "r").exists()
+    assert "unknown search.sampler 'cmaes'" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 # -- end to end (slow) ---------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_without_the_directory_the_user_model_is_unknown(ebtune, capsys):
     ("steps=abc", "steps='abc' must be a number"),
     ("metric.n_samples=1.5", "metric.n_samples=1.5 must be a whole number"),
     ("ray.cpus_per_trial=abc", "ray.cpus_per_trial='abc' must be a number"),
-    ("search.sampler=cmaes", "search.sampler='cmaes' is unknown; choose one of: "),
+    ("search.sampler=cmaes", "unknown search.sampler 'cmaes'; choose one of: "),
     ("search.constraints=fid", "search.constraints='fid' must be a list"),
     ("hydra.verbose=true", "hydra.verbose is not used by ebtune"),
     ("hydra.searchpath=[/nowhere]", "needs a scheme; write file:///nowhere"),

@@ -48,7 +48,7 @@ from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
 from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
-from ebtune.search.pareto import std_key
+from ebtune.search.pareto import objective_names, std_key
 
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
 GRID_IMAGES = 20
@@ -118,11 +118,7 @@ def latency_ranked(search: Mapping[str, Any] | None, device_type: str) -> bool:
     objectives `auto` rank by latency on CUDA). No search config (confirm, bench): True."""
     if not search:
         return True
-    objectives = search.get("objectives", "auto")
-    if objectives == "auto":
-        names = ["latency_s"] if device_type == "cuda" else []
-    else:
-        names = [objectives] if isinstance(objectives, str) else list(objectives)
+    names = objective_names(search.get("objectives", "auto"), device_type)
     return any(str(n).startswith("latency") for n in names) or "latency" in " ".join(map(str, search.get("constraints") or ()))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ebtune.errors import ConfigError
 
@@ -30,6 +30,14 @@ DIRECTIONS: dict[str, str] = {
     "fid_proxy": "minimize",  # the quality metric on the first metric.n_proxy images (multi-fidelity)
     "images": "minimize",  # images sampled by the evaluation
 }
+
+
+def objective_names(value: Any, device_type: str) -> list[str]:
+    """`search.objectives` as a list: `auto` ranks quality against latency on CUDA and against MACs
+    elsewhere (CPU wall time is too noisy to rank by)."""
+    if value == "auto":
+        return ["fid", "latency_s" if device_type == "cuda" else "macs"]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def direction(metric: str) -> str:

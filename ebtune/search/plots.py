@@ -194,6 +194,11 @@ def pareto_figure_html(path: str | Path, trials: Sequence[Record], front: Sequen
     return path
 
 
+def quality_label(quality_evaluator: str, n_samples: int) -> str:
+    """What the quality axis measures, e.g. "digits-native, 256 images"."""
+    return f"{quality_evaluator}, {n_samples} images"
+
+
 def write_pareto_plots(folder: str | Path, trials: Sequence[Record], front: Sequence[Record],
                        baselines: Sequence[Record], objectives: Sequence[str], quality_evaluator: str,
                        n_samples: int, title: str = "") -> tuple[Path, Path]:
@@ -211,7 +216,7 @@ def write_pareto_plots(folder: str | Path, trials: Sequence[Record], front: Sequ
     if len(objectives) < 2:
         raise ValueError(f"a Pareto plot needs two objectives, got {list(objectives)}; search with at least two")
     x, y = objectives[:2]
-    quality = f"{quality_evaluator}, {n_samples} images"
+    quality = quality_label(quality_evaluator, n_samples)
     folder = Path(folder)
     return (pareto_figure_png(folder / "pareto.png", trials, front, baselines, x, y, title, quality),
             pareto_figure_html(folder / "pareto.html", trials, front, baselines, x, y, title, quality, "directory"))

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation
-from ebtune.search.plots import write_pareto_plots
+from ebtune.search.plots import quality_label, write_pareto_plots
 from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
 from ebtune.search.tracking import GuardedTracker, SearchTracker
 
@@ -213,7 +213,7 @@ class Views:
                   for r in self.trial_records()]
         confirmed = self.confirmation
         n_samples = confirmed["n_samples"] if confirmed else self.meta["n_samples"]
-        quality = f"{self.meta['quality_evaluator']}, {n_samples} images"
+        quality = quality_label(self.meta["quality_evaluator"], n_samples)
         write_pareto_plots(self.folder, trials, front, self.current_baselines(), self.objectives,
                            self.meta["quality_evaluator"], n_samples)
         if self._connected() and self._have_runs({p["number"] for p in front}):
