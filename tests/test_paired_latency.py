@@ -23,9 +23,10 @@ TINY = ["model=dit-tiny", f"steps={STEPS}", "metric.n_samples=6", "metric.batch_
         "metric.n_proxy=0", "metric.bootstrap=0", "device=cpu"]
 
 
-def _evaluator(pairs: int | None, objectives: str | None = None, constraints: str | None = None) -> Evaluator:
+def _evaluator(pairs: int | None, objectives: str | None = None, constraints: str | None = None,
+               n_samples: int = 6) -> Evaluator:
     extra = [f"search.objectives={objectives}"] * bool(objectives) + [f"search.constraints={constraints}"] * bool(constraints)
-    cfg = compose([*TINY, *extra], config_name="search")
+    cfg = compose([*TINY, *extra, f"metric.n_samples={n_samples}"], config_name="search")
     if pairs is not None:
         cfg["metric"]["latency_pairs"] = pairs
     return Evaluator(cfg, "cpu")
@@ -104,7 +105,7 @@ def test_default_pairs_and_the_reference_itself(clock):
     ev = _evaluator(pairs=None, objectives="[fid,latency_s]")  # ranked by latency: LATENCY_PAIRS, capped at 3 timed batches
     assert evaluator_module.LATENCY_PAIRS > 3 and ev.pairs == 3 and _evaluator(pairs=1).pairs == 1
     assert _evaluator(pairs=None, constraints="['latency_s <= 1.0']").pairs == 3
-    assert ev.provenance()["latency"]["paired_batches"] == ev.pairs
+    assert ev.provenance()["latency"]["paired_batches"] == [3, 3]
     clock.start()
     assert ev.evaluate(ev.no_cache, None).metrics["latency_speedup"] == 1.0
     assert len(clock.calls) == 3  # the reference is not paired with itself
@@ -114,3 +115,29 @@ def test_default_pairs_and_the_reference_itself(clock):
 def test_bad_latency_pairs_is_a_config_error(value):
     with pytest.raises(ConfigError, match="metric.latency_pairs"):
         _evaluator(pairs=value)
+
+
+def test_auto_pairs_more_only_while_the_ratios_disagree(clock):
+    ev = _evaluator(pairs=None, objectives="[fid,latency_s]", n_samples=16)  # 8 timed batches
+    assert (ev.pairs, ev.max_pairs) == (evaluator_module.LATENCY_PAIRS, 8)
+    reference = _reference(ev)
+    clock.start()  # a steady machine: every pair says 2.0, so the fewest pairs settle it
+    assert ev.evaluate(_fora2(ev), reference).metrics["latency_speedup"] == pytest.approx(2.0)
+    assert [share for _, share in clock.calls].count(1.0) == evaluator_module.LATENCY_PAIRS
+    # A jittery machine: the pairs' reference runs are slowed so that the pairs say these ratios.
+    jitter = [x for r in (2.0, 3.0, 2.2, 2.8, 2.4, 2.6, 2.1, 2.9) for x in (r / 2, 1.0)]
+    clock.start(*jitter)
+    metrics = ev.evaluate(_fora2(ev), reference).metrics
+    assert [share for _, share in clock.calls].count(1.0) == 8  # paired every timed batch
+    assert metrics["latency_speedup"] == pytest.approx(2.5)
+    fixed = _evaluator(pairs=2, objectives="[fid,latency_s]", n_samples=16)
+    clock.start(*jitter)
+    fixed.evaluate(_fora2(fixed), reference)
+    assert [share for _, share in clock.calls].count(1.0) == 2  # a number is exact
+
+
+def test_median_rel_error_ignores_one_outlying_pair():
+    steady = [2.0, 2.02, 1.98, 2.01, 1.99]
+    assert evaluator_module.median_rel_error(steady) < 0.01
+    assert evaluator_module.median_rel_error([*steady, 5.0]) < 0.01  # one slow moment does not force more pairs
+    assert evaluator_module.median_rel_error([2.0]) == float("inf")

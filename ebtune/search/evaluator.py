@@ -7,21 +7,24 @@ The batches double as the latency runs: each batch is timed (synchronised on GPU
 included), the first `latency_warmup` batches and a partial last batch are not counted, and
 `latency_s` is the median of the rest.
 
-Latency is paired: before each of the first `metric.latency_pairs` timed batches, the same batch
-(noise, labels, step noise) is sampled uncached at the search's step count and timed, not scored.
-`latency_speedup` is the median over those pairs of reference seconds / trial seconds. The two runs
-of a pair are adjacent in time in one process, so whatever slows the machine then (a concurrent
-trial, another program) slows both and cancels in their ratio; the median of per-pair ratios keeps
-that cancellation pair by pair, where a ratio of two medians could divide a slow moment by a quiet
-one. `latency_pairs: 0` divides the reference's own latency, measured once when it ran
-(`Reference.latency_s`), as before. Reported metrics (see `pareto.DIRECTIONS`):
+Latency is paired: before each of a trial's first timed batches, the same batch (noise, labels, step
+noise) is sampled uncached at the search's step count and timed, not scored. `latency_speedup` is
+the median over those pairs of reference seconds / trial seconds. The two runs of a pair are
+adjacent in time in one process, so whatever slows the machine then (a concurrent trial, another
+program) slows both and cancels in their ratio; the median of per-pair ratios keeps that
+cancellation pair by pair, where a ratio of two medians could divide a slow moment by a quiet one.
+How many pairs: `metric.latency_pairs: N` exactly N (0 divides the reference's own latency, measured
+once when it ran, `Reference.latency_s`, as before pairing); `auto` (the default), when latency is
+ranked or constrained, at least `LATENCY_PAIRS` and then more until the median's standard error is
+within `LATENCY_REL_ERROR` of it (or the timed batches run out), and one pair when latency is only
+reported. Reported metrics (see `pareto.DIRECTIONS`):
 
 - fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
   standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
 - macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
-  paired as above); latency_pairs: how many pairs that ratio is the median of;
+  paired as above);
 - distance: RMS difference of the final latents to the uncached run from the same noise;
 - fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images, the cheap
   first fidelity that lets a search stop a hopeless trial early (see `evaluate`'s gate); images:
@@ -53,14 +56,28 @@ from ebtune.search.pareto import objective_names, std_key
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
 GRID_IMAGES = 20
 GRID_MAX_SIDE = 64
-# Uncached timing-only batches per trial for `metric.latency_pairs: auto` when the search ranks or
-# constrains by latency. Each costs one no-cache batch (a trial pruned at the first fidelity pays only
-# those before its gate). On the shared 2-core CPU, 4 kept two concurrent trials within 4 % of a lone
-# run's latency_speedup, where 2 and 3 let single pairs miss by up to 20-28 % (bench/paired_latency.py).
+# `metric.latency_pairs: auto` when the search ranks or constrains by latency: at least this many
+# uncached timing-only batches per trial (each costs one no-cache batch; a trial pruned at the first
+# fidelity pays only those before its gate) ...
 LATENCY_PAIRS = 4
+# ... then one more pair per timed batch until the median ratio's standard error (robust: from the
+# pairs' median absolute deviation) is at most this share of it. On the shared 2-core CPU, four fixed
+# pairs let a concurrent trial miss a lone run's latency_speedup by up to 8-13 %; stopping at 2.5 %
+# kept ten of them within 3.7 % for 5.4 pairs on average (bench/paired_latency.py).
+LATENCY_REL_ERROR = 0.025
 # ... and when latency is only reported (MACs ranked, the CPU default): one pair still cancels a
 # concurrent trial's or a busy machine's slowdown, for a quarter of the timing cost.
 LATENCY_PAIRS_REPORTED = 1
+
+
+def median_rel_error(ratios: list[float]) -> float:
+    """Standard error of the median of `ratios` over the median: 1.2533 · σ / √n, σ = 1.4826 · MAD
+    (the normal-consistent spread a single outlying pair does not inflate); inf below two ratios."""
+    if len(ratios) < 2:
+        return math.inf
+    med = statistics.median(ratios)
+    mad = statistics.median(abs(r - med) for r in ratios)
+    return 1.2533 * 1.4826 * mad / math.sqrt(len(ratios)) / med
 
 
 class TrialError(RuntimeError):
@@ -122,19 +139,21 @@ def latency_ranked(search: Mapping[str, Any] | None, device_type: str) -> bool:
     return any(str(n).startswith("latency") for n in names) or "latency" in " ".join(map(str, search.get("constraints") or ()))
 
 
-def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> int:
-    """`metric.latency_pairs`: uncached reference batches timed per trial; `auto` (the default) =
-    `LATENCY_PAIRS` when the search ranks by latency (`ranked`), else `LATENCY_PAIRS_REPORTED`.
+def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> tuple[int, int | None]:
+    """`metric.latency_pairs` as (fewest, most) uncached reference batches timed per trial; most None =
+    as many as the trial has timed batches, pairing until `LATENCY_REL_ERROR` is reached. `auto` (the
+    default) = (`LATENCY_PAIRS`, None) when the search ranks by latency (`ranked`), else one pair; a
+    number N = exactly N.
 
     Raises:
         ConfigError: neither `auto` nor a whole number >= 0.
     """
     value = metric.get("latency_pairs", "auto")
     if value == "auto":
-        return LATENCY_PAIRS if ranked else LATENCY_PAIRS_REPORTED
+        return (LATENCY_PAIRS, None) if ranked else (LATENCY_PAIRS_REPORTED, LATENCY_PAIRS_REPORTED)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"metric.latency_pairs must be auto or a whole number >= 0 (0 = unpaired latency), got {value!r}")
-    return value
+    return value, value
 
 
 class Evaluator:
@@ -157,7 +176,9 @@ class Evaluator:
         self.n_samples = int(metric["n_samples"])
         self.warmup = int(metric["latency_warmup"])
         self.batch = latency_batch(self.n_samples, int(metric["batch_size"]), self.warmup)
-        self.pairs = min(latency_pairs(metric, latency_ranked(cfg.get("search"), self.device.type)), self.timed_batches)
+        fewest, most = latency_pairs(metric, latency_ranked(cfg.get("search"), self.device.type))
+        self.pairs = min(fewest, self.timed_batches)  # always paired
+        self.max_pairs = min(self.timed_batches if most is None else most, self.timed_batches)
         self.seed = int(cfg["seed"])
         self.bootstrap = int(metric.get("bootstrap", 0))
         self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
@@ -200,7 +221,7 @@ class Evaluator:
         """
         sampler = sampler or self.sampler
         macs = self.macs(schedule, sampler)
-        pairs = 0 if reference is None else self.pairs
+        fewest, most = (0, 0) if reference is None else (self.pairs, self.max_pairs)
         images, latents, seconds, ratios, proxy, proxy_draws = [], [], [], [], None, ()
         observe = getattr(gate, "observe", None) if self.n_proxy else None  # a gate that reads the run (gap_gate)
         with ExitStack() as attached:
@@ -209,7 +230,8 @@ class Evaluator:
             watch = observe(cache, sampler) if observe else None
             for b, lo in enumerate(range(0, self.n_samples, self.batch)):
                 labels, seed = self.labels[lo:lo + self.batch], self.seed + 2 * b
-                paired = self.warmup <= b < self.warmup + pairs  # full batches: pairs <= timed_batches
+                paired = b >= self.warmup and len(labels) == self.batch and len(ratios) < most and (
+                    len(ratios) < fewest or median_rel_error(ratios) > LATENCY_REL_ERROR)
                 if paired:
                     attached.close()
                     reference_s = self.reference_seconds(labels, seed)
@@ -267,7 +289,8 @@ class Evaluator:
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
         return {"fid_evaluator": self.fid.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
                 "labels": "class-balanced", "latency": {"batch_size": self.batch, "warmup_batches": self.warmup,
-                                                        "timed_batches": self.timed_batches, "paired_batches": self.pairs,
+                                                        "timed_batches": self.timed_batches,
+                                                        "paired_batches": [self.pairs, self.max_pairs],
                                                         "device": device}}
 
 

@@ -20,10 +20,11 @@ than `search.grace_period` (RDB storages; journal storages have no heartbeat). S
 no `fail_reason` and does not count towards `trials=`; a trial that really failed does.
 
 Concurrency: sessions cooperate. Any number of sessions may run one search (same name and
-folder, or the same shared storage): each counts the budget from the study before every trial, a
-live session's trial is never failed (its heartbeat and pid are checked), and each session's sampler
-gets its own seed (`seed + trials so far + 7919 × session index`). Creating the storage, the study
-and its seed trials happens under a file lock in the folder, so two first starts do not race.
+folder, or the same shared storage): each counts the budget from the study and asks its next trial
+under a file lock in the folder (`claim`), so they start exactly `trials=` between them; a live
+session's trial is never failed (on this host its pid decides, elsewhere its heartbeat); and each
+session's sampler gets its own seed (`seed + trials so far + 7919 × session index`). Creating the
+storage, the study and its seed trials happens under the same lock, so two first starts do not race.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def resolve_url(folder: Path, url: str | None) -> str:
 
 def make_storage(url: str, heartbeat_interval: int | None = None,
                  grace_period: int | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`; RDB storages get heartbeats and the retry of stale trials.
+    """An Optuna storage for `url`; RDB storages get heartbeats (`reap` reads them).
 
     Raises:
         ConfigError: a URL Optuna cannot open.
@@ -133,8 +134,7 @@ def make_storage(url: str, heartbeat_interval: int | None = None,
     try:
         with quiet():
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period,
-                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+                                              grace_period=grace_period)
     except (ImportError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"search.storage={url}: {first}; give an Optuna storage URL (sqlite:///, postgresql://, "
@@ -263,9 +263,9 @@ def session_tag() -> str:
 
 def session_dead(tag: str) -> bool:
     """True when the session `tag` ran on this host and its process is gone."""
-    host, _, rest = tag.partition(":")
+    _, _, rest = tag.partition(":")
     pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if not _on_this_host(tag) or not pid.isdigit():
         return False  # another machine's session: its heartbeat decides
     try:
         os.kill(int(pid), 0)
@@ -282,29 +282,50 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
+def _stale_ids(study: optuna.Study) -> set[int]:
+    """Trial ids whose Optuna heartbeat is older than the storage's grace period (none without heartbeats).
+    Optuna exposes this only as `BaseHeartbeat._get_stale_trial_ids`, which its `fail_stale_trials` uses;
+    ebtune asks the same question but decides itself which of those trials are really dead."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    store = study._storage
+    if not isinstance(store, BaseHeartbeat) or not is_heartbeat_enabled(store):
+        return set()
+    return set(store._get_stale_trial_ids(study._study_id))
+
+
+def _on_this_host(tag: str) -> bool:
+    return tag.partition(":")[0] == socket.gethostname()
+
+
 def reap(study: optuna.Study, grace_s: float = 60.0) -> list[int]:
     """Fail and re-queue trials whose session died; returns their numbers.
 
-    A dead process on this host is detected at once; any other session by its heartbeat grace period.
-    A running trial without a session tag (asked outside ebtune, or killed before it was tagged) is
-    taken for dead once it is `grace_s` old.
+    A session on this host is judged by its process alone: gone means dead, alive means alive even
+    when its heartbeat is late (a loaded machine delays the heartbeat thread, and failing a live
+    trial would make its session's `tell` fail). A session on another host is dead when its Optuna
+    heartbeat is older than the grace period. A running trial without a session tag (asked outside
+    ebtune, or killed before it was tagged) is taken for dead once it is `grace_s` old.
     """
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with quiet():
-        optuna.storages.fail_stale_trials(study)
+    stale = _stale_ids(study)
     store = study._storage
     now = datetime.datetime.now()
+    reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tag = t.user_attrs.get(SESSION_ATTR)
-        untagged_old = not tag and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
-        if (tag and session_dead(tag)) or untagged_old:
-            try:
-                if store.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    retry(study, store.get_trial(t._trial_id))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another session reaped it first
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return sorted(before - running)
+        if tag:
+            dead = session_dead(tag) if _on_this_host(tag) else t._trial_id in stale
+        else:
+            dead = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
+        if not dead:
+            continue
+        try:
+            if store.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                retry(study, store.get_trial(t._trial_id))
+                reaped.append(t.number)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another session reaped it first (or it just finished)
+    return sorted(reaped)
 
 
 def counted(trial: FrozenTrial) -> bool:
@@ -352,16 +373,37 @@ class Heartbeat:
             self._thread.join()
 
 
-def wait_for_others(study: optuna.Study, total: int, poll_s: float, grace_s: float = 60.0) -> bool:
-    """Wait while other sessions' trials hold the rest of the budget; True when one must be started
-    here (a trial died and was re-queued), False when the budget is met."""
+def has_work(study: optuna.Study, total: int) -> bool | None:
+    """Whether a trial should start now: True (budget left, or a re-queued trial waits), None (the rest
+    of the budget is running in other sessions: look again later), False (the budget is met)."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(counted(t) for t in trials) >= total:
+        return False
+    if to_run(study, total) > 0 or any(t.state == TrialState.WAITING for t in trials):
+        return True
+    return None
+
+
+def claim(study: optuna.Study, total: int, folder: Path, poll_s: float, grace_s: float = 60.0) -> optuna.Trial | None:
+    """The next trial of the budget, asked and tagged with this session; None once the budget is met.
+
+    Counting the budget and asking happen under the folder lock, so sessions sharing the search
+    folder never start more than `total` trials between them. (Sessions on other machines that share
+    only a storage URL count without that lock and may overshoot by one trial each at the end.)
+    While other sessions' trials hold the rest of the budget, this waits `poll_s` between looks: one
+    of them may die and be re-queued here.
+    """
     while True:
-        reap(study, grace_s)
-        trials = study.get_trials(deepcopy=False)
-        if sum(counted(t) for t in trials) >= total:
-            return False
-        if to_run(study, total) > 0 or any(t.state == TrialState.WAITING for t in trials):
-            return True
+        with folder_lock(folder):
+            reap(study, grace_s)
+            work = has_work(study, total)
+            if work:
+                with quiet():
+                    trial = study.ask()
+                trial.set_user_attr(SESSION_ATTR, session_tag())
+                return trial
+        if work is False:
+            return None
         time.sleep(poll_s)
 
 

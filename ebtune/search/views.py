@@ -6,14 +6,20 @@ The study is the source of truth (see `ebtune.search.study`); everything here is
 (`mlflow_synced.<n>` in the study says which state was written), re-tags the front and rewrites
 `pareto.json`. Every start of a search runs it, as does `ebtune sync RUN`, so a kill between Optuna's
 `tell` and the MLflow write, or a search run while MLflow was down, leaves nothing missing.
+
+Sessions sharing the folder (and `ebtune sync` run beside them) write the views one at a time, under
+`.views.lock`: MLflow's stores look up a run or tag, then insert it, so two writers at once would
+make two parent runs or hit a unique-key error.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
+import filelock
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -23,11 +29,36 @@ from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
 from ebtune.search.tracking import GuardedTracker, SearchTracker
 
 SYNCED = "mlflow_synced."
+VIEWS_LOCK = ".views.lock"
+# How long a views write waits for another session's before it goes ahead without the lock.
+VIEWS_LOCK_TIMEOUT_S = 300
 INTERRUPTED = "interrupted: the session running it ended (re-queued with the same parameters)"
 
 
 def trial_name(number: int) -> str:
     return f"trial-{number:04d}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_writer(method: F) -> F:
+    """Run a `Views` method under the folder's views lock (re-entrant: the methods call each other)."""
+    @functools.wraps(method)
+    def locked(self: Views, *args: Any, **kwargs: Any) -> Any:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            if not self._lock_warned:
+                self.log(f"warning: {self._lock.lock_file} held for over {VIEWS_LOCK_TIMEOUT_S}s; writing the views "
+                         f"without it (`ebtune sync FOLDER` repairs any clash)")
+                self._lock_warned = True
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._lock.release()
+    return locked  # type: ignore[return-value]
 
 
 class Views:
@@ -50,6 +81,20 @@ class Views:
         self._started = False
         self._front_numbers: set[int] | None = None
         self._tagged: dict[int, dict[str, str]] = {}
+        self._lock = self._new_lock()
+        self._lock_warned = False
+
+    def _new_lock(self) -> filelock.FileLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(self.folder / VIEWS_LOCK), timeout=VIEWS_LOCK_TIMEOUT_S)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its searcher, which holds these views; a lock is per process, so a copy gets its own.
+        return {k: v for k, v in vars(self).items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = self._new_lock()
 
     @property
     def tracker(self) -> SearchTracker:
@@ -78,6 +123,7 @@ class Views:
                 self._reconcile()  # whatever the store missed before it was reached
         return self._started and self.guard.ready()
 
+    @_one_writer
     def trial_running(self, number: int, params: dict[str, Any]) -> None:
         """Open trial `number`'s run (RUNNING), so it shows while it runs."""
         if self._connected():
@@ -85,10 +131,12 @@ class Views:
             if run_id is not None:
                 set_run_id(self.study, number, run_id)
 
+    @_one_writer
     def baseline(self, record: dict[str, Any]) -> None:
         if self._connected():
             self.guard.call("log_baseline", record["name"], record["params"], record["metrics"])
 
+    @_one_writer
     def trial_told(self, trial: FrozenTrial) -> None:
         """Write a told trial's final state to its run (idempotent; skipped while the store is down)."""
         if not self._connected():
@@ -113,6 +161,7 @@ class Views:
                 set_run_id(self.study, number, run_id)
             self.study.set_user_attr(f"{SYNCED}{number}", trial.state.name)
 
+    @_one_writer
     def sync(self) -> None:
         """Bring MLflow and `pareto.json` in line with the study (idempotent)."""
         if self._started and self.guard.ready():
@@ -172,6 +221,7 @@ class Views:
         idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, baselines, NOISE_Z)
         return [records[i] for i in idx]
 
+    @_one_writer
     def update_front(self) -> list[dict[str, Any]]:
         """Recompute the front, retag MLflow runs when it changed, rewrite pareto.json."""
         front = self.front()
@@ -205,6 +255,7 @@ class Views:
             return True
         return numbers <= set(self.guard.call("refresh_trial_runs") or {})
 
+    @_one_writer
     def finish(self, status: str = "FINISHED") -> list[dict[str, Any]]:
         """Final front; its plots in the search folder (pareto.png/html) and, when the store is up, with
         the table on the parent run; returns the front."""

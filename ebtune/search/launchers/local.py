@@ -1,41 +1,46 @@
 """`launcher=local`: trials one after another in this process, an Optuna ask/tell loop.
 
-Before each trial the loop re-counts the budget in the study and re-queues trials of dead sessions
-(`ebtune.search.study.reap`), so several local sessions on one search share its budget. While a
-trial runs, a heartbeat marks it alive; `search.trial_timeout_s` is enforced with SIGALRM
-(`ebtune.search.job.time_limit`).
+Each trial is claimed from the study under the folder lock (`ebtune.search.study.claim`: the budget
+re-counted, trials of dead sessions re-queued), so several local sessions on one search share its
+budget exactly. While a trial runs, a heartbeat marks it alive; `search.trial_timeout_s` is enforced
+with SIGALRM (`ebtune.search.job.time_limit`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
+import optuna
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import TrialPruned
 from ebtune.search.gap_gate import GapGate
 from ebtune.search.job import Job, score, time_limit, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
-from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, quiet, retry, session_tag, wait_for_others
+from ebtune.search.study import FAIL_REASON, Heartbeat, claim, retry
 
 
 class LocalLauncher(Launcher):
     """Trials one after another in this process (simple, easy to debug, no Ray start-up)."""
 
     def __init__(self, cfg: Mapping[str, Any], folder: Path):
-        del cfg, folder  # the driver's evaluator already holds everything a local trial needs
+        del cfg  # the driver's evaluator already holds everything a local trial needs
+        self.folder = folder
 
     def run(self, job: Job) -> None:
-        while wait_for_others(job.study, job.total, job.poll_s, job.grace_s):
-            self._trial(job)
+        while (trial := claim(job.study, job.total, self.folder, job.poll_s, job.grace_s)) is not None:
+            try:
+                self._trial(job, trial)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another machine's session took this trial for dead (its heartbeat came late) and re-queued
+                # it; the retry will score it again, so this result is dropped rather than told twice.
+                print(f"trial {trial.number} was re-queued by another session while it ran; its result is dropped")
+                continue
             check_streak(job)
 
     @staticmethod
-    def _trial(job: Job) -> None:
+    def _trial(job: Job, trial: optuna.Trial) -> None:
         study = job.study
-        with quiet():
-            trial = study.ask()
-        trial.set_user_attr(SESSION_ATTR, session_tag())
         with Heartbeat(job.storage, trial._trial_id):
             try:
                 with time_limit(job.timeout_s):

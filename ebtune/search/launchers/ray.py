@@ -24,7 +24,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -35,7 +34,8 @@ from ebtune.search.job import Job, TrialTimeout, score, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
 from ebtune.search.pareto import DIRECTIONS, direction, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, counted, quiet, reap, session_dead, session_tag, to_run
+from ebtune.search.study import (FAIL_REASON, SESSION_ATTR, Heartbeat, folder_lock, has_work, quiet, reap,
+                                 session_dead, session_tag)
 
 NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
 
@@ -94,8 +94,8 @@ class RecordingOptunaSearch(OptunaSearch):
     """`OptunaSearch` on the job's study that stores metrics and constraint violations on each Optuna
     trial before telling it (plain OptunaSearch keeps only the objective values)."""
 
-    def __init__(self, job: Job, tune_trials: dict[str, Any]):
-        self._job, self._asked, self._beats, self._tune_trials = job, {}, {}, tune_trials
+    def __init__(self, job: Job, tune_trials: dict[str, Any], folder: Path):
+        self._job, self._asked, self._beats, self._tune_trials, self._folder = job, {}, {}, tune_trials, folder
         study = job.study
         super().__init__(space=self._define, metric=list(job.objectives),
                          mode=["min" if direction(m) == "minimize" else "max" for m in job.objectives],
@@ -113,13 +113,15 @@ class RecordingOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """The next point while the study's budget (shared with other sessions) is not met."""
         study = self._job.study
-        reap(study, self._job.grace_s)
-        if sum(counted(t) for t in study.get_trials(deepcopy=False)) >= self._job.total:
-            return self.FINISHED
-        if to_run(study, self._job.total) <= 0 and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return None  # the rest of the budget is running; ask again when a trial ends
-        with quiet():
-            return super().suggest(trial_id)
+        with folder_lock(self._folder):  # counted and asked as one step, as `study.claim` does for local trials
+            reap(study, self._job.grace_s)
+            work = has_work(study, self._job.total)
+            if work is False:
+                return self.FINISHED
+            if work is None:
+                return None  # the rest of the budget is running; ask again when a trial ends
+            with quiet():
+                return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -260,7 +262,7 @@ class RayLauncher(Launcher):
                                "cuda" if per_trial["gpu"] else "cpu", job.timeout_s)
             trainable = tune.with_resources(tune.with_parameters(ray_trial, setup=setup), per_trial)
             tune_trials: dict[str, Any] = {}
-            searcher = RecordingOptunaSearch(job, tune_trials)
+            searcher = RecordingOptunaSearch(job, tune_trials, self.folder)
             tuner = tune.Tuner(
                 trainable,
                 # -1: as many trials as the searcher suggests; it stops when the study's budget is met
