@@ -7,8 +7,8 @@ As in a search, the no-cache reference is evaluated first, alone (`Reference.lat
 (FORA(3) by default) is evaluated by `Evaluator.evaluate` afterwards. Each evaluation yields both
 measurements: `unpaired` = reference latency measured alone / the trial's own median latency (what
 `latency_speedup` was before pairing, and what `metric.latency_pairs=0` still gives), and `paired` =
-the evaluator's `latency_speedup` (median over `metric.latency_pairs` back-to-back pairs of no-cache
-batch / trial batch). Rounds repeat lone, then concurrent, so drifting machine load hits both alike.
+the evaluator's `latency_speedup` (median over back-to-back pairs of no-cache batch / trial batch;
+`metric.latency_pairs: auto` with latency ranked: 4 to 7 pairs, as in a default search's 7 timed batches). Rounds repeat lone, then concurrent, so drifting machine load hits both alike.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BASE = ["model=dit-tiny", "steps=20", "metric.n_samples=112", "metric.batch_size=16", "metric.latency_warmup=1",
-        "metric.n_proxy=0", "metric.bootstrap=0", "device=cpu"]
+BASE = ["model=dit-tiny", "steps=20", "metric.n_samples=128", "metric.batch_size=16", "metric.latency_warmup=1",
+        "metric.n_proxy=0", "metric.bootstrap=0", "device=cpu",
+        "search.objectives=[fid,latency_s]"]  # latency ranked: the pairing a latency search gets
 
 
 def _evaluator(cfg: dict[str, Any]):
@@ -104,7 +105,7 @@ def main() -> None:
         print(f"  {kind:>8}: median |dev| {s['median_abs_deviation']:.1%}, max |dev| {s['max_abs_deviation']:.1%}")
     if a.json:
         doc = {"command": "python bench/paired_latency.py " + " ".join(sys.argv[1:]), "settings": BASE + a.overrides,
-               "trial": f"fora{a.interval}", "latency_pairs": ev.pairs, "threads_per_process": 1,
+               "trial": f"fora{a.interval}", "latency_pairs": [ev.pairs, ev.max_pairs], "threads_per_process": 1,
                "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "rounds": rounds, "summary": summary}
         Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"written: {a.json}")
