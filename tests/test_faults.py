@@ -30,6 +30,7 @@ from ebtune.search.study import (
     check_sampler,
     claim,
     counted,
+    load_folder_study,
     make_sampler,
     open_study,
     reap,
@@ -97,7 +98,7 @@ def test_sessions_claiming_at_once_start_exactly_the_budget(tmp_path):
     total, claimed = 9, []
 
     def session() -> None:
-        mine = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+        mine = load_folder_study(tmp_path / "s")
         while (trial := claim(mine, total, tmp_path / "s", poll_s=0.05)) is not None:
             claimed.append(trial.number)
             mine.tell(trial, [1.0, 2.0])
@@ -129,7 +130,7 @@ def test_two_first_starts_at_once_share_one_study(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0]  # one search id: one study
-    study = optuna.load_study(study_name="race", storage=f"sqlite:///{tmp_path / 'f' / 'study.db'}")
+    study = load_folder_study(tmp_path / "f")
     assert [t.system_attrs["fixed_params"] for t in study.trials] == [{"a": 1}, {"a": 2}]  # seeds enqueued once
     assert study.metric_names == ["fid", "macs"]
     assert sorted(k for k in study.user_attrs if k.startswith("session.")) == ["session.0", "session.1"]
@@ -158,8 +159,6 @@ def test_storage_url_is_kept_in_the_folder_and_a_different_one_refused(tmp_path)
     url = f"journal:{tmp_path / 'shared' / 'study.log'}"
     study, _ = open_study(tmp_path / "f", url, "j", ["fid", "macs"], {"model": "m"}, SEARCH, False)
     assert json.loads((tmp_path / "f" / "storage.json").read_text()) == {"url": url}
-    from ebtune.search.study import load_folder_study
-
     assert load_folder_study(tmp_path / "f").user_attrs["search_id"] == study.user_attrs["search_id"]
     with pytest.raises(ConfigError, match="keeps its study in journal:"):
         open_study(tmp_path / "f", None, "j", ["fid", "macs"], {"model": "m"}, SEARCH, False)
@@ -222,7 +221,7 @@ def _driver(tmp_path: Path, kind: str, arg: str, *argv: str, wait: bool = True) 
 
 def _consistency(run: Path, total: int) -> dict:
     """Counts of the table and whether study, MLflow, pareto.json and schedule files agree."""
-    study = optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
+    study = load_folder_study(run)
     trials = study.trials
     problems = []
     if [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]:
@@ -304,7 +303,7 @@ def test_failing_and_hung_trials_are_trial_failures(tmp_path):
     out = _driver(tmp_path, "trials", "exit,raise,nan,hang,ok", "search", *TINY, "trials=5", f"out={run}", "name=f",
                   "search.trial_timeout_s=20")
     assert out.returncode == 0, out.stdout + out.stderr
-    study = optuna.load_study(study_name="f", storage=f"sqlite:///{run / 'study.db'}")
+    study = load_folder_study(run)
     reasons = [t.user_attrs.get("fail_reason", "").splitlines()[-1:] for t in study.trials]
     assert "SystemExit: 3" in reasons[0][0] and "injected failure" in reasons[1][0]
     assert "objective(s) fid are not finite" in reasons[2][0] and "search.trial_timeout_s=20" in reasons[3][0]
@@ -324,7 +323,7 @@ def test_consecutive_failures_stop_the_search_with_a_summary(tmp_path):
                   "search.max_consecutive_failures=2")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "search stopped: 2 trials failed in a row" in out.stdout and "Pareto front (0 point(s))" in out.stdout
-    study = optuna.load_study(study_name="c", storage=f"sqlite:///{run / 'study.db'}")
+    study = load_folder_study(run)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
 
 
@@ -363,7 +362,7 @@ def test_two_sessions_share_the_budget(tmp_path):
     # The two sessions write MLflow one at a time: neither takes the other's write for an outage.
     assert not any("unreachable" in o for o in outs), "\n---\n".join(outs)
     c = _consistency(run, 6)
-    study = optuna.load_study(study_name="two", storage=f"sqlite:///{run / 'study.db'}")
+    study = load_folder_study(run)
     sessions = {t.user_attrs["ebtune.session"] for t in study.trials}
     _row(f"two sessions started at once on one search (trials=6; trials run by {len(sessions)} sessions)", c)
     assert c["problems"] == [] and len(study.trials) == 6

@@ -373,30 +373,34 @@ class Heartbeat:
             self._thread.join()
 
 
-def has_work(study: optuna.Study, total: int) -> bool | None:
-    """Whether a trial should start now: True (budget left, or a re-queued trial waits), None (the rest
-    of the budget is running in other sessions: look again later), False (the budget is met)."""
-    trials = study.get_trials(deepcopy=False)
-    if sum(counted(t) for t in trials) >= total:
-        return False
-    if to_run(study, total) > 0 or any(t.state == TrialState.WAITING for t in trials):
-        return True
-    return None
+@contextmanager
+def budget(study: optuna.Study, total: int, folder: Path, grace_s: float = 60.0) -> Iterator[bool | None]:
+    """Under the folder lock, with dead sessions' trials re-queued: whether a trial should start now.
+    True (budget left, or a re-queued trial waits), None (the rest of the budget is running in other
+    sessions: look again later), False (the budget is met). Ask the trial inside the block, so that
+    counting and asking are one step for every session sharing the folder."""
+    with folder_lock(folder):
+        reap(study, grace_s)
+        trials = study.get_trials(deepcopy=False)
+        if sum(counted(t) for t in trials) >= total:
+            yield False
+        elif to_run(study, total) > 0 or any(t.state == TrialState.WAITING for t in trials):
+            yield True
+        else:
+            yield None
 
 
 def claim(study: optuna.Study, total: int, folder: Path, poll_s: float, grace_s: float = 60.0) -> optuna.Trial | None:
     """The next trial of the budget, asked and tagged with this session; None once the budget is met.
 
-    Counting the budget and asking happen under the folder lock, so sessions sharing the search
-    folder never start more than `total` trials between them. (Sessions on other machines that share
-    only a storage URL count without that lock and may overshoot by one trial each at the end.)
+    Counting the budget and asking happen under the folder lock (`budget`), so sessions sharing the
+    search folder never start more than `total` trials between them. (Sessions on other machines that
+    share only a storage URL count without that lock and may overshoot by one trial each at the end.)
     While other sessions' trials hold the rest of the budget, this waits `poll_s` between looks: one
     of them may die and be re-queued here.
     """
     while True:
-        with folder_lock(folder):
-            reap(study, grace_s)
-            work = has_work(study, total)
+        with budget(study, total, folder, grace_s) as work:
             if work:
                 with quiet():
                     trial = study.ask()

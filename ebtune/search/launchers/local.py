@@ -34,7 +34,8 @@ class LocalLauncher(Launcher):
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Another machine's session took this trial for dead (its heartbeat came late) and re-queued
                 # it; the retry will score it again, so this result is dropped rather than told twice.
-                print(f"trial {trial.number} was re-queued by another session while it ran; its result is dropped")
+                job.recorder.log(f"trial {trial.number} was re-queued by another session while it ran; "
+                                 f"its result is dropped")
                 continue
             check_streak(job)
 

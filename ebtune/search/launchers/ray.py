@@ -34,8 +34,7 @@ from ebtune.search.job import Job, TrialTimeout, score, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
 from ebtune.search.pareto import DIRECTIONS, direction, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import (FAIL_REASON, SESSION_ATTR, Heartbeat, folder_lock, has_work, quiet, reap,
-                                 session_dead, session_tag)
+from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, budget, quiet, session_dead, session_tag
 
 NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
 
@@ -113,9 +112,7 @@ class RecordingOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """The next point while the study's budget (shared with other sessions) is not met."""
         study = self._job.study
-        with folder_lock(self._folder):  # counted and asked as one step, as `study.claim` does for local trials
-            reap(study, self._job.grace_s)
-            work = has_work(study, self._job.total)
+        with budget(study, self._job.total, self._folder, self._job.grace_s) as work:  # counted and asked in one step
             if work is False:
                 return self.FINISHED
             if work is None:
