@@ -4,8 +4,9 @@
 
 DiT-S/2 shape (random weights, non-zero gates), 12 DDIM steps with guidance, batch 4, fp32 with TF32
 off, under a mixed schedule (attention every 2nd step, MLP every 3rd: four step patterns) and FORA(2),
-sampled twice through the same `CudaGraphs` (the second run replays only). Exits non-zero when a
-sample differs from eager beyond float32 tolerance.
+each sampled twice through its own `CudaGraphs` (the second run replays only). Exits non-zero when a
+sample differs from eager beyond float32 tolerance; the JSON also says how far caching itself moves
+the samples, which a match must be well inside.
 """
 from __future__ import annotations
 
@@ -37,20 +38,27 @@ def main() -> None:
     setup = make_setup(config, STEPS, BATCH, Guidance(4.0, config.num_classes, 3), device, torch.float32, None)
     ctx = ScheduleContext(STEPS, config.depth, setup.sampler.times)
     schedules = {"mixed": make_schedule("intervals", ctx, attn=2, mlp=3), "fora2": make_schedule("fora", ctx, interval=2)}
-    graphs, results = CudaGraphs(), {}
+    results, failures = {}, []
+    uncached = setup.sampler.sample(setup.model, setup.noise, setup.labels)
     for name, schedule in schedules.items():
         eager = setup.sampler.sample(setup.model, setup.noise, setup.labels, schedule)
+        # How far caching itself moves the samples: a match within tolerance means something only if this is larger.
+        results[f"{name}/caching_moves"] = float((eager - uncached).abs().max())
+        graphs = CudaGraphs()  # each schedule captures its own patterns, then replays them
         for run in ("capture", "replay"):
             with CachedModel(setup.model, schedule) as cache, FastPath(graphs=graphs).attach(cache):
                 fast = setup.sampler.sample(setup.model, setup.noise, setup.labels, cache)
-            diff = float((fast - eager).abs().max())
-            results[f"{name}/{run}"] = {"max_abs_diff": diff, "max_abs_sample": float(eager.abs().max())}
-            print(f"{name:>6} {run}: max |graphs - eager| {diff:.3g} (max |x| {float(eager.abs().max()):.3g})")
-            torch.testing.assert_close(fast, eager, rtol=1e-3, atol=1e-3)
-    print(f"ok: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    if a.json:
+            diff, size = float((fast - eager).abs().max()), float(eager.abs().max())
+            ok = torch.allclose(fast, eager, rtol=1e-3, atol=1e-3)
+            results[f"{name}/{run}"] = {"max_abs_diff": diff, "max_abs_sample": size, "ok": ok}
+            print(f"{name:>6} {run}: max |graphs - eager| {diff:.3g} (max |x| {size:.3g}){'' if ok else '  MISMATCH'}")
+            failures += [] if ok else [f"{name}/{run}"]
+    if a.json:  # written before the verdict, so a mismatch's numbers come back too
         Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                             "results": results}, indent=2) + "\n")
+    if failures:
+        raise SystemExit(f"CUDA graphs differ from eager beyond float32 tolerance in: {', '.join(failures)}")
+    print(f"ok: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def test_settings_parse_lists_quotes_and_schedule_files():
 @pytest.mark.parametrize("token, message", [
     ("steps", "key=value"), ("color=red", "unknown override"), ("precision=fp8", "unknown precision"),
     ("schedules=[fora2]", "must include none"), ("batch=[0]", "not a valid"), ("model=dit-q", "unknown model"),
-    ("compile=yes", "not a valid"), ("schedules=[none,fora4]", "unknown schedule"),
+    ("compile=yes", "not a valid"), ("schedules=[none,fora4]", "unknown schedule"), ("memory_gib=0", "not a valid"),
+    ("memory_gib=inf", "not a valid"),
 ])
 def test_bad_settings_are_one_line_errors(token, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,7 +79,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
 import ebtune.cli
-sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=2", "repeats=1", "warmup=0",
+sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=[1,2]", "precision=[fp32,tf32]", "repeats=1", "warmup=0",
                           "schedules=[none,fora2,ebcache-table]", "out={tmp_path}"]))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -86,11 +87,27 @@ sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=2", "repe
     assert done.returncode == 0, done.stderr
     (written,) = tmp_path.glob("bench-*.json")
     rows = json.loads(written.read_text())
-    assert [r["schedule"] for r in rows] == ["none", "fora2", "ebcache-table"]
+    # Every configuration's rows, in order, each set measured against its own no-cache row.
+    assert [(r["precision"], r["batch"], r["schedule"]) for r in rows] == [
+        (p, b, s) for p in ("fp32", "tf32") for b in (1, 2) for s in ("none", "fora2", "ebcache-table")]
     for key in ("seconds", "speedup", "ideal", "time_ideal", "efficiency", "time_efficiency", "device", "precision",
                 "batch", "peak_mem_bytes", "torch", "compiled"):
         assert all(key in r for r in rows), key
-    assert rows[0]["speedup"] == 1.0 and rows[1]["ideal"] > 1.2
+    assert all(r["speedup"] == 1.0 for r in rows[::3]) and rows[1]["ideal"] > 1.2
+
+
+@pytest.mark.parametrize("limit, cap", [(37, 1 << 14), (1, 64), (64, 64), (1000, 64), (0, 64), (1 << 20, 1 << 14)])
+def test_largest_fitting_batch_is_found_in_logarithmic_probes(limit, cap):
+    from ebtune.bench.command import largest_fitting
+
+    probes = []
+
+    def fits(batch):
+        probes.append(batch)
+        return batch <= limit
+
+    assert largest_fitting(fits, cap) == min(limit, cap)
+    assert max(probes) <= cap and len(probes) <= 2 * cap.bit_length() + 1
 
 
 def test_cuda_graphs_need_compile_and_a_gpu():
@@ -117,3 +134,17 @@ def test_tensor_peak_counts_live_tensor_bytes():
         d = torch.ones(500, 1000)  # 2 MB, below the peak
         del kept, d  # frees of earlier tensors only lower the live count
     assert peak.bytes == pytest.approx(8_000_000, abs=4096)
+
+
+def test_tf32_is_scoped_to_its_configuration():
+    import torch
+
+    from ebtune.bench.command import matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision("tf32"):
+        assert torch.get_float32_matmul_precision() == "high"
+        with matmul_precision("fp32"):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before

@@ -51,6 +51,26 @@ def test_reuse_skips_the_branch(small_dit):
     assert counts["mlp"] == SMALL.depth * sum(i % 2 == 0 for i in range(STEPS))
 
 
+def test_only_branches_the_schedule_reuses_are_kept(small_dit):
+    """Attention reused every other step, MLP never: only attention outputs stay in the cache, and an
+    override (a step policy's what-if) keeps everything it computes, since it may reuse anything next."""
+    sched = Schedule.from_step_masks([i % 2 == 0 for i in range(STEPS)], [True] * STEPS, SMALL.depth)
+    x, c = torch.randn(2, SMALL.num_patches, SMALL.hidden_size), torch.randn(2, SMALL.hidden_size)
+    with cached(small_dit, sched) as cache:
+        cache.reset()
+        cache.set_step(0)
+        small_dit.blocks[0](x, c)
+        assert set(cache.state.copy()) == {(0, "attn")}
+        cache.set_step(1, (True, True))
+        small_dit.blocks[1](x, c)
+        assert set(cache.state.copy()) == {(0, "attn"), (1, "attn"), (1, "mlp")}
+    with cached(small_dit, no_cache(STEPS, SMALL.depth)) as cache:
+        cache.reset()
+        cache.set_step(0)
+        small_dit.blocks[0](x, c)
+        assert cache.state.copy() == {}
+
+
 def test_reuse_applies_the_current_gate():
     model = randomised(DiT(DiTConfig(input_size=4, patch_size=2, in_channels=2, hidden_size=16, depth=1, num_heads=2, num_classes=3)))
     block = model.blocks[0]

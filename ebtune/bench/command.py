@@ -8,20 +8,27 @@ Torch only: no Hydra, Optuna, Ray, MLflow or torch-fidelity is imported.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ebtune.bench.latency import DTYPES, bench_schedule, make_setup, measure
+from ebtune.bench.latency import (
+    DTYPES,
+    bench_schedule,
+    make_setup,
+    measure,
+    random_model,
+)
 from ebtune.bench.settings import BenchSettings, model_spec, parse_settings
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
 from ebtune.cache.graphs import CudaGraphs
-from ebtune.core.dit import DiTConfig
+from ebtune.core.dit import DiT
 from ebtune.errors import ConfigError
 from ebtune.run.loading import ModelSpec
-from ebtune.sampling.samplers import Guidance
+from ebtune.sampling.samplers import Guidance, make_sampler
 from ebtune.schedules import ScheduleContext, make_schedule
 
 MAX_BATCH_CAP = 1 << 14
@@ -29,11 +36,12 @@ MAX_BATCH_CAP = 1 << 14
 HELP = (
     "Time sampling under each schedule against no cache; print a table and write a JSON list of rows to out=DIR. "
     "Settings: model=<config name, e.g. dit-tiny, dit-xl; random weights> steps=50 batch=N or [1,8,32] "
-    "precision=fp32|bf16 (or a list) 'schedules=[none,attn-only,mlp-only,fora2,fora3,ebcache-table,file:PATH]' "
+    "precision=fp32|tf32|bf16 (or a list; tf32: float32 weights, TF32 matmuls) 'schedules=[none,attn-only,mlp-only,fora2,fora3,ebcache-table,file:PATH]' "
     "schedule_file=PATH compile=true|false (torch.compile each block per cache state) cuda_graphs=true|false "
     "(with compile=true, CUDA only: one CUDA graph per step pattern) versus_eager=true|false (with compile=true: "
     "eager timed in the same interleaved rounds, rows get eager_seconds and vs_eager) out=bench/results/ "
-    "device=auto|cpu|cuda threads=N repeats=3 warmup=1 max_batch=true|false (largest batch that fits, GPU only)."
+    "device=auto|cpu|cuda threads=N repeats=3 warmup=1 max_batch=true|false (largest batch whose cached sampling fits, GPU only) "
+    "memory_gib=79 (the GiB max_batch may use; 79: an 80 GB H100 less its CUDA context)."
 )
 
 
@@ -53,53 +61,95 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
 
 
-def bench_rows(settings: BenchSettings, device: torch.device) -> list[dict]:
-    """Every batch × precision measured; rows carry their configuration."""
+@contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """float32 matmuls in TF32 under "tf32" (what the official DiT sampling script enables on GPU), in full
+    float32 otherwise; restored after. cuDNN convolutions (only the patch embedding) keep torch's default."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def bench_rows(settings: BenchSettings, device: torch.device) -> Iterator[list[dict]]:
+    """The rows of each batch × precision in turn (so a caller can save what is done before a run is cut
+    short); rows carry their configuration."""
     spec = model_spec(settings.model)
-    rows = []
     for precision in settings.precision:
         for batch in settings.batch:
             # CUDA graphs are captured per model and batch shape, so each configuration gets its own.
             fast = FastPath(graphs=CudaGraphs() if settings.cuda_graphs else None) if settings.compile else None
             if fast is not None:
                 torch._dynamo.reset()  # 4 graphs per shape; a fresh shape must not meet the recompile limit
-            setup = make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], fast)
-            eager = (make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], None)
-                     if settings.versus_eager else None)
-            names = list(settings.schedules)
-            schedules = [bench_schedule(n, spec.name, spec.config, setup.sampler) for n in names]
-            for row in measure(setup, names, schedules, settings.repeats, settings.warmup, eager):
-                rows.append({**row, "model": spec.name, "steps": settings.steps, "batch": batch, "precision": precision,
-                             "device": _device_name(device), "compiled": settings.compile,
-                             "cuda_graphs": settings.cuda_graphs, "torch": torch.__version__})
-    return rows
+            with matmul_precision(precision):
+                setup = make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], fast)
+                eager = (make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], None)
+                         if settings.versus_eager else None)
+                names = list(settings.schedules)
+                schedules = [bench_schedule(n, spec.name, spec.config, setup.sampler) for n in names]
+                rows = measure(setup, names, schedules, settings.repeats, settings.warmup, eager)
+            yield [{**row, "model": spec.name, "steps": settings.steps, "batch": batch, "precision": precision,
+                    "device": _device_name(device), "compiled": settings.compile, "cuda_graphs": settings.cuda_graphs,
+                    "torch": torch.__version__} for row in rows]
+            del setup, eager
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
-def _fits(config: DiTConfig, batch: int, guidance: Guidance, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a 2-step FORA(2) run (step 0 fills the cache, step 1 reuses it) fits in GPU memory."""
-    setup = make_setup(config, 2, batch, guidance, device, dtype, None)
-    schedule = make_schedule("fora", ScheduleContext(2, config.depth, setup.sampler.times), interval=2)
+def _fits(model: DiT, batch: int, guidance: Guidance) -> bool:
+    """Whether a 2-step FORA(2) run (step 0 fills the cache, step 1 reuses it) of `batch` fits in GPU memory."""
+    config, param = model.config, next(model.parameters())
+    sampler = make_sampler("ddim", 2, guidance)
+    schedule = make_schedule("fora", ScheduleContext(2, config.depth, sampler.times), interval=2)
     try:
-        with CachedModel(setup.model, schedule) as cache:
-            setup.sampler.sample(setup.model, setup.noise, setup.labels, cache)
+        noise = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=param.device,
+                            dtype=param.dtype)
+        labels = torch.arange(batch, device=param.device) % config.num_classes
+        with CachedModel(model, schedule) as cache:
+            sampler.sample(model, noise, labels, cache)
         return True
     except torch.cuda.OutOfMemoryError:
         return False
     finally:
-        del setup
+        noise = labels = None  # dropped before emptying the cache, so the next probe starts from a bare pool
         torch.cuda.empty_cache()
 
 
-def max_batch(spec: ModelSpec, precision: str, device: torch.device) -> int:
-    """The largest batch (≤ MAX_BATCH_CAP) whose cached sampling fits: doubling, then bisection."""
-    guidance, dtype = _guidance(spec), DTYPES[precision]
+def largest_fitting(fits: Callable[[int], bool], cap: int = MAX_BATCH_CAP) -> int:
+    """The largest batch ≤ `cap` for which `fits(batch)` (assumed monotone), 0 if none: doubling, then
+    bisection, so about 2·log2 of the answer probes."""
     good, bad = 0, 1
-    while bad <= MAX_BATCH_CAP and _fits(spec.config, bad, guidance, device, dtype):
+    while bad <= cap and fits(bad):
         good, bad = bad, bad * 2
-    while bad - good > 1 and good < MAX_BATCH_CAP:
+    bad = min(bad, cap + 1)
+    while bad - good > 1:
         mid = (good + bad) // 2
-        good, bad = (mid, bad) if _fits(spec.config, mid, guidance, device, dtype) else (good, mid)
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
     return good
+
+
+def max_batch(spec: ModelSpec, precision: str, device: torch.device, memory_gib: float) -> dict:
+    """The largest batch whose cached sampling fits in `memory_gib` GiB of this GPU (or all of it, if smaller).
+
+    The cap is the caching allocator's (`torch.cuda.set_per_process_memory_fraction`), so the answer
+    under the default 79 GiB, measured on a larger GPU, is what an 80 GB H100 holds.
+    """
+    guidance = _guidance(spec)
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap_bytes = min(total, int(memory_gib * 2**30))
+    model = random_model(spec.config, device, DTYPES[precision])  # built once: a DiT-XL/2 takes seconds
+    torch.cuda.set_per_process_memory_fraction(cap_bytes / total, device)
+    try:
+        with matmul_precision(precision):
+            found = largest_fitting(lambda batch: _fits(model, batch, guidance))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return {"model": spec.name, "precision": precision, "max_batch": found, "schedule": "fora2",
+            "memory_cap_bytes": cap_bytes, "device_memory_bytes": total, "device": _device_name(device),
+            "torch": torch.__version__}
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -109,7 +159,8 @@ def _print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['batch']:>6} {r['precision']:>5} {r['schedule']:<16}{r['seconds']:>9.3f}{r['speedup']:>8.2f}x"
               f"{r['ideal']:>9.2f}x{r['time_ideal']:>10.2f}x{r['efficiency']:>7.2f}{r['time_efficiency']:>9.2f}"
-              f"{r['peak_mem_bytes'] / 2**20:>10.1f}{r['peak_tensor_bytes'] / 2**20:>11.1f}"
+              f"{r['peak_mem_bytes'] / 2**20:>10.1f}"
+              + (f"{r['peak_tensor_bytes'] / 2**20:>11.1f}" if r["peak_tensor_bytes"] is not None else f"{'-':>11}")
               + (f"{r['eager_seconds']:>9.3f}{r['vs_eager']:>8.2f}x" if versus else ""))
 
 
@@ -130,24 +181,24 @@ def main(tokens: Sequence[str]) -> int:
         raise ConfigError(f"cuda_graphs=true needs a CUDA device, and this run is on {device.type}; use cuda_graphs=false")
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    mode = (("compiled+graphs" if settings.cuda_graphs else "compiled") + ("-vs-eager" if settings.versus_eager else "")
+    mode = (("compiled-graphs" if settings.cuda_graphs else "compiled") + ("-vs-eager" if settings.versus_eager else "")
             if settings.compile else "eager")
     tag = f"{settings.model}-{device.type}-{'_'.join(settings.precision)}-b{'_'.join(map(str, settings.batch))}-{mode}"
     print(f"{settings.model}, {settings.steps} steps DDIM, {_device_name(device)}, {mode}, torch {torch.__version__}")
-    rows = bench_rows(settings, device)
-    _print_table(rows)
-    path = out / f"bench-{tag}.json"
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    path, rows = out / f"bench-{tag}.json", []
+    for configuration in bench_rows(settings, device):
+        rows += configuration
+        _print_table(configuration)
+        path.write_text(json.dumps(rows, indent=2) + "\n")  # after each configuration: a cut-short run keeps them
     print(f"written: {path}")
     if settings.max_batch:
         if device.type != "cuda":
             print("max_batch: skipped (it measures GPU memory; this run is on the CPU)")
             return 0
         spec = model_spec(settings.model)
-        found = [{"model": spec.name, "precision": p, "max_batch": max_batch(spec, p, device), "schedule": "fora2",
-                  "device": _device_name(device), "torch": torch.__version__} for p in settings.precision]
+        found = [max_batch(spec, p, device, settings.memory_gib) for p in settings.precision]
         for r in found:
-            print(f"max_batch {r['precision']}: {r['max_batch']}")
+            print(f"max_batch {r['precision']}: {r['max_batch']} (in {r['memory_cap_bytes'] / 2**30:.0f} GiB)")
         batch_path = out / f"max-batch-{settings.model}-{'_'.join(settings.precision)}.json"
         batch_path.write_text(json.dumps(found, indent=2) + "\n")
         print(f"written: {batch_path}")

@@ -27,7 +27,8 @@ from ebtune.run.apply_file import fit_schedule_file
 from ebtune.sampling.samplers import Guidance, Sampler, make_sampler
 from ebtune.schedules import ScheduleContext, make_schedule
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# tf32 is float32 tensors with TF32 matmuls (`ebtune.bench.command.matmul_precision`).
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 # Bench schedule name -> (family, params); `file:PATH` entries are exported schedule files.
 CASES: dict[str, tuple[str, dict]] = {
@@ -68,12 +69,17 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: i
 
 
 def random_model(config: DiTConfig, device: torch.device, dtype: torch.dtype) -> DiT:
-    """A DiT of `config` with random weights and non-zero adaLN gates, ready to sample."""
+    """A DiT of `config` with random weights, ready to sample. DiT's init zeroes every adaLN gate and the
+    final projection (its output would be exactly 0); here they are random too, so every branch counts
+    and a comparison of two samplings (CUDA graphs against eager) can fail."""
     torch.manual_seed(0)
-    model = DiT(config)
+    with torch.device(device):  # initialised where it runs: a DiT-XL/2 takes ~20 s to initialise on one CPU thread
+        model = DiT(config)
     with torch.no_grad():
-        for block in model.blocks:
-            block.adaLN_modulation[-1].weight.normal_(0, 0.02)
+        final = model.final_layer
+        for weight in (*(block.adaLN_modulation[-1].weight for block in model.blocks),
+                       final.adaLN_modulation[-1].weight, final.linear.weight):
+            weight.normal_(0, 0.02)
     return model.to(device, dtype).eval().requires_grad_(False)
 
 
@@ -189,14 +195,16 @@ def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: 
     config, dev = setup.model.config, setup.device
     runs = [_run_arg(setup, name, s) for name, s in zip(names, schedules)]
     costs = setup.branch_costs(repeats * 5, warmup)
+    graphs = setup.fast is not None and setup.fast.graphs is not None
+    method = METHODS["cuda-graphs" if graphs else dev.type]
     peaks, tensor_peaks = [], []
     for run in runs:
         setup.run(run)  # warm: compiled graphs and allocator pools exist before the peak is reset
         reset_peak(dev)
         with TensorPeak(dev) as tensors:
             setup.run(run)
-        peaks.append(peak_bytes(dev))
-        tensor_peaks.append(tensors.bytes)
+        peaks.append(peak_bytes(dev, reserved=graphs))
+        tensor_peaks.append(None if graphs else tensors.bytes)  # replays allocate nothing the count could see
     fns = [lambda r=r: setup.run(r) for r in runs]
     if eager is not None:  # each schedule's eager run right after its fast one, so their ratio is of neighbours
         eager_fns = [lambda r=_run_arg(eager, name, s): eager.run(r) for name, s in zip(names, schedules)]
@@ -218,8 +226,9 @@ def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: 
             "schedule": name, "seconds": round(sec, 4), "speedup": round(speedup, 3), "ideal": round(ideal, 3),
             "time_ideal": round(time_ideal, 3), "efficiency": round(speedup / ideal, 3),
             "time_efficiency": round(speedup / time_ideal, 3), "peak_mem_bytes": peak,
-            "peak_tensor_bytes": tensor_peak, "tensor_bytes_over_uncached": tensor_peak - uncached_tensors,
-            "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": METHODS[dev.type],
+            "peak_tensor_bytes": tensor_peak,
+            "tensor_bytes_over_uncached": None if tensor_peak is None else tensor_peak - uncached_tensors,
+            "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": method,
             "branch_seconds": {"fixed": round(costs.fixed, 6), "attn": round(costs.attn, 6), "mlp": round(costs.mlp, 6)},
         })
         if eager is not None:

@@ -24,7 +24,10 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs)"}
+METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs)",
+           # A CUDA graph's replay allocates nothing (its intermediates live in the graph's pool, reserved at
+           # capture), so allocated bytes miss them; reserved bytes count the pools.
+           "cuda-graphs": "torch.cuda.max_memory_reserved (graph pools included)"}
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -51,11 +54,11 @@ def reset_peak(device: torch.device) -> None:
         raise RuntimeError(f"cannot reset the peak RSS ({e}); CPU peak memory needs Linux >= 4.0") from None
 
 
-def peak_bytes(device: torch.device) -> int:
-    """Peak since the last `reset_peak`, in bytes."""
+def peak_bytes(device: torch.device, reserved: bool = False) -> int:
+    """Peak since the last `reset_peak`, in bytes; on CUDA allocated bytes, or reserved ones if `reserved`."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
+        return int((torch.cuda.max_memory_reserved if reserved else torch.cuda.max_memory_allocated)(device))
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024

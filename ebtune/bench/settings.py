@@ -6,6 +6,7 @@ scalar reader: the bench only needs the architecture, image size and guidance se
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,7 +16,7 @@ from ebtune.run.loading import ModelSpec
 from ebtune.run.overrides import settings
 
 MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 SCHEDULE_NAMES = ("none", "attn-only", "mlp-only", "fora2", "fora3", "ebcache-table")
 FILE_PREFIX = "file:"
 
@@ -30,6 +31,14 @@ def count(text: str) -> int:
     """A positive integer."""
     value = int(text)
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def positive(text: str) -> float:
+    """A number above 0."""
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(text)
     return value
 
@@ -97,6 +106,9 @@ class BenchSettings:
     repeats: int = 3
     warmup: int = 1
     max_batch: bool = False
+    # max_batch's memory cap, so a larger GPU answers for an 80 GB H100: it reports 79.6 GiB, of which its
+    # CUDA context (outside the allocator the cap applies to) takes about half a GiB.
+    memory_gib: float = 79.0
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def __post_init__(self) -> None:
@@ -117,7 +129,7 @@ class BenchSettings:
 PARSERS: dict[str, Callable[[str], Any]] = {
     "model": str, "steps": count, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
     "compile": boolean, "cuda_graphs": boolean, "versus_eager": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
-    "threads": count,
+    "threads": count, "memory_gib": positive,
 }
 
 

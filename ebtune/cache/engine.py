@@ -1,8 +1,8 @@
 """The cache engine: wraps a model's residual branches so a `Schedule` decides compute or reuse.
 
 Attaching replaces, per block, the attention and MLP branch callables named by the model's adapter
-with a wrapper. At a compute slot the wrapper calls the original and stores its (ungated) output;
-at a reuse slot it returns the stored tensor without running the branch, and the block applies the
+with a wrapper. At a compute slot the wrapper calls the original and stores its (ungated) output
+if the schedule ever reuses that branch of that block (`keeps`); at a reuse slot it returns the stored tensor without running the branch, and the block applies the
 current step's gate to it. The sampler owns the lifecycle: `reset()` before a sampling loop and
 `set_step(i)` before step i. `close()` (or leaving the `with`) restores the model exactly.
 """
@@ -82,6 +82,9 @@ class CachedModel:
         self._override: dict[str, bool] | None = None  # one (attn, mlp) state for every block this step
         # Python bools per (branch, step, block): decided before the loop, no tensor logic in forwards.
         self._compute = {branch: schedule.mask(branch) for branch in BRANCHES}
+        # Per (branch, block): whether the schedule reuses it at any step, i.e. whether its outputs are worth keeping.
+        self._reused = {branch: [not all(row[block] for row in mask) for block in range(schedule.depth)]
+                        for branch, mask in self._compute.items()}
         try:
             for block, branch_sites in enumerate(sites):
                 for branch in BRANCHES:
@@ -101,7 +104,8 @@ class CachedModel:
         def cached_branch(*args, **kwargs):
             if self.computes(block, branch):
                 out = original(*args, **kwargs)
-                state.put(key, out)
+                if self.keeps(block, branch):
+                    state.put(key, out)
                 return out
             return state.get(key)
 
@@ -114,6 +118,12 @@ class CachedModel:
         the step's override when one is set, else the schedule."""
         override = self._override
         return override[branch] if override is not None else self._compute[branch][self.step][block]
+
+    def keeps(self, block: int, branch: str) -> bool:
+        """Whether a computed output of `branch` of `block` is kept for later steps: the schedule reuses
+        that branch at some step, or this step has an override (a step policy may reuse anything later).
+        An all-compute schedule thus keeps nothing, and attention-only caching keeps no MLP output."""
+        return self._override is not None or self._reused[branch][block]
 
     def reset(self) -> None:
         """Forget all cached tensors and go back to step 0 (the sampler calls this per loop)."""

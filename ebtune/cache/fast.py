@@ -105,7 +105,10 @@ class FastBlocks:
             graphs, forward, depth = fast.graphs, model.forward, len(blocks)
 
             def replay(*args: torch.Tensor) -> torch.Tensor:
-                pattern = tuple(cache.computes(block, branch) for block in range(depth) for branch in BRANCHES)
+                # What a step computes and what it keeps both shape its graph (a kept branch is copied into
+                # its static buffer), so a schedule that never reuses a branch does not pay for that copy.
+                pattern = tuple((cache.computes(block, branch), cache.keeps(block, branch))
+                                for block in range(depth) for branch in BRANCHES)
                 return graphs.run(pattern, forward, *args)
 
             object.__setattr__(model, "forward", replay)
@@ -120,7 +123,7 @@ class FastBlocks:
             given = {b: None if cache.computes(index, b) else store.get(k) for b, k in keys.items()}
             x, attn, mlp = step(block, x, c, given["attn"], given["mlp"])
             for branch, out in (("attn", attn), ("mlp", mlp)):
-                if given[branch] is None:
+                if given[branch] is None and cache.keeps(index, branch):
                     store.put(keys[branch], out)
             return x
 

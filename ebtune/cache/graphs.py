@@ -1,7 +1,8 @@
 """CUDA graphs over the fast path: one graph per distinct step pattern, replayed on static buffers.
 
-A step pattern is what every block does at a step ((attention, MLP) computed or reused, per block);
-FORA(2) has two, a mixed interval schedule up to four. The first step of a pattern (and input shape)
+A step pattern is what every block does at a step: per block and branch, computed or reused, and
+whether a computed output is kept (`CachedModel.keeps`); FORA(2) has two, a mixed interval schedule up
+to four, an all-compute schedule one that keeps nothing. The first step of a pattern (and input shape)
 runs the model once on a side stream (compiling, and allocating the static cache buffers), then
 captures the whole model call into a `torch.cuda.CUDAGraph`; every step replays its pattern's graph
 after copying the step's inputs into the static input buffers, so no Python, guard or launch cost is
@@ -75,7 +76,7 @@ class CudaGraphs:
         self._model: nn.Module | None = None
         self._shapes: tuple | None = None
         self._inputs: tuple[torch.Tensor, ...] = ()
-        self._graphs: dict[tuple[bool, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[tuple[bool, bool], ...], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: tuple[int, int] | None = None
 
     def bind(self, model: nn.Module) -> None:
@@ -90,8 +91,8 @@ class CudaGraphs:
         elif self._model is not model:
             raise RuntimeError("these CUDA graphs were captured for another model; make a CudaGraphs per model")
 
-    def run(self, pattern: tuple[bool, ...], forward: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-        """`forward(*args)` for a step of `pattern` (per block and branch, computed or reused), as a replay
+    def run(self, pattern: tuple[tuple[bool, bool], ...], forward: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        """`forward(*args)` for a step of `pattern` (per block and branch: computed, kept), as a replay
         of that pattern's graph, captured on its first step.
 
         Raises:

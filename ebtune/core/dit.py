@@ -59,7 +59,9 @@ class TimestepEmbedder(nn.Module):
         return embedding
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))  # (N, D)
+        # The features are float32 by construction; a model cast to bf16 takes them in its own dtype.
+        features = self.timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype)
+        return self.mlp(features)  # (N, D)
 
 
 class LabelEmbedder(nn.Module):
