@@ -71,6 +71,22 @@ def test_only_branches_the_schedule_reuses_are_kept(small_dit):
         assert cache.state.copy() == {}
 
 
+def test_a_policy_may_reuse_what_a_step_it_left_to_the_schedule_computed(small_dit):
+    """A policy that returns None (follow the schedule: here compute everything) and reuses the next step:
+    the reuse must read that step's outputs, though the all-compute schedule alone keeps nothing."""
+    from ebtune.sampling.samplers import StepPolicy
+
+    class Alternate(StepPolicy):
+        def decide(self, i, trial):
+            return None if i % 2 == 0 else (False, False)
+
+    sampler = make_sampler("ddim", STEPS)
+    noise, labels = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    got = sampler.sample(small_dit, noise, labels, no_cache(STEPS, SMALL.depth), policy=Alternate())
+    fora2 = Schedule.from_step_masks([i % 2 == 0 for i in range(STEPS)], [i % 2 == 0 for i in range(STEPS)], SMALL.depth)
+    assert torch.equal(got, sampler.sample(small_dit, noise, labels, fora2))
+
+
 def test_reuse_applies_the_current_gate():
     model = randomised(DiT(DiTConfig(input_size=4, patch_size=2, in_channels=2, hidden_size=16, depth=1, num_heads=2, num_classes=3)))
     block = model.blocks[0]

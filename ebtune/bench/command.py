@@ -8,6 +8,7 @@ Torch only: no Hydra, Optuna, Ray, MLflow or torch-fidelity is imported.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -93,7 +94,7 @@ def bench_rows(settings: BenchSettings, device: torch.device) -> Iterator[list[d
             yield [{**row, "model": spec.name, "steps": settings.steps, "batch": batch, "precision": precision,
                     "device": _device_name(device), "compiled": settings.compile, "cuda_graphs": settings.cuda_graphs,
                     "torch": torch.__version__} for row in rows]
-            del setup, eager
+            del setup, eager, fast, schedules  # the CUDA graphs (pool, static buffers) go with `fast`
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -152,10 +153,18 @@ def max_batch(spec: ModelSpec, precision: str, device: torch.device, memory_gib:
             "torch": torch.__version__}
 
 
-def _print_table(rows: list[dict]) -> None:
+def _write_json(path: Path, value: object) -> None:
+    """Whole or not at all: a run stopped mid-write (the GPU check's budget) leaves the previous file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def _print_table(rows: list[dict], header: bool = True) -> None:
     versus = "vs_eager" in rows[0]
-    print(f"{'batch':>6} {'prec':>5} {'schedule':<16}{'seconds':>9}{'speedup':>9}{'MAC-ideal':>10}{'time-ideal':>11}"
-          f"{'eff':>7}{'time-eff':>9}{'peak MiB':>10}{'tensor MiB':>11}" + (f"{'eager s':>9}{'vs eager':>9}" if versus else ""))
+    if header:
+        print(f"{'batch':>6} {'prec':>5} {'schedule':<16}{'seconds':>9}{'speedup':>9}{'MAC-ideal':>10}{'time-ideal':>11}"
+              f"{'eff':>7}{'time-eff':>9}{'peak MiB':>10}{'tensor MiB':>11}" + (f"{'eager s':>9}{'vs eager':>9}" if versus else ""))
     for r in rows:
         print(f"{r['batch']:>6} {r['precision']:>5} {r['schedule']:<16}{r['seconds']:>9.3f}{r['speedup']:>8.2f}x"
               f"{r['ideal']:>9.2f}x{r['time_ideal']:>10.2f}x{r['efficiency']:>7.2f}{r['time_efficiency']:>9.2f}"
@@ -187,19 +196,19 @@ def main(tokens: Sequence[str]) -> int:
     print(f"{settings.model}, {settings.steps} steps DDIM, {_device_name(device)}, {mode}, torch {torch.__version__}")
     path, rows = out / f"bench-{tag}.json", []
     for configuration in bench_rows(settings, device):
+        _print_table(configuration, header=not rows)
         rows += configuration
-        _print_table(configuration)
-        path.write_text(json.dumps(rows, indent=2) + "\n")  # after each configuration: a cut-short run keeps them
+        _write_json(path, rows)  # after each configuration: a run cut short keeps the finished ones
     print(f"written: {path}")
     if settings.max_batch:
         if device.type != "cuda":
             print("max_batch: skipped (it measures GPU memory; this run is on the CPU)")
             return 0
         spec = model_spec(settings.model)
-        found = [max_batch(spec, p, device, settings.memory_gib) for p in settings.precision]
-        for r in found:
-            print(f"max_batch {r['precision']}: {r['max_batch']} (in {r['memory_cap_bytes'] / 2**30:.0f} GiB)")
-        batch_path = out / f"max-batch-{settings.model}-{'_'.join(settings.precision)}.json"
-        batch_path.write_text(json.dumps(found, indent=2) + "\n")
+        batch_path, found = out / f"max-batch-{settings.model}-{'_'.join(settings.precision)}.json", []
+        for precision in settings.precision:
+            found.append(max_batch(spec, precision, device, settings.memory_gib))
+            print(f"max_batch {precision}: {found[-1]['max_batch']} (in {found[-1]['memory_cap_bytes'] / 2**30:.0f} GiB)")
+            _write_json(batch_path, found)
         print(f"written: {batch_path}")
     return 0

@@ -80,6 +80,9 @@ class CachedModel:
         self.step = 0
         self._restore: list[Callable[[], None]] = []
         self._override: dict[str, bool] | None = None  # one (attn, mlp) state for every block this step
+        # Keep every computed output, reused by the schedule or not: set by a loop whose steps may be
+        # overridden (a step policy), since an override may reuse what a plain step computed.
+        self.keep_all = False
         # Python bools per (branch, step, block): decided before the loop, no tensor logic in forwards.
         self._compute = {branch: schedule.mask(branch) for branch in BRANCHES}
         # Per (branch, block): whether the schedule reuses it at any step, i.e. whether its outputs are worth keeping.
@@ -121,9 +124,10 @@ class CachedModel:
 
     def keeps(self, block: int, branch: str) -> bool:
         """Whether a computed output of `branch` of `block` is kept for later steps: the schedule reuses
-        that branch at some step, or this step has an override (a step policy may reuse anything later).
-        An all-compute schedule thus keeps nothing, and attention-only caching keeps no MLP output."""
-        return self._override is not None or self._reused[branch][block]
+        that branch at some step, or `keep_all` is set, or this step has an override (it may reuse
+        anything later). An all-compute schedule thus keeps nothing, and attention-only caching keeps no
+        MLP output. A loop that overrides some steps and not others sets `keep_all`."""
+        return self.keep_all or self._override is not None or self._reused[branch][block]
 
     def reset(self) -> None:
         """Forget all cached tensors and go back to step 0 (the sampler calls this per loop)."""

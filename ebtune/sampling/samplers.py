@@ -187,6 +187,8 @@ class Sampler:
         try:
             if cache is not None:
                 cache.reset()
+                # A policy may leave a step to the schedule (None) and reuse its outputs at an overridden one.
+                cache.keep_all = cache.keep_all or policy is not None
             x = noise
             for i in range(self.steps):
                 if cache is not None:
