@@ -7,8 +7,6 @@ Torch only: no Hydra, Optuna, Ray, MLflow or torch-fidelity is imported.
 """
 from __future__ import annotations
 
-import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,6 +26,7 @@ from ebtune.cache.fast import FastPath
 from ebtune.cache.graphs import CudaGraphs
 from ebtune.core.dit import DiT
 from ebtune.errors import ConfigError
+from ebtune.io.atomic import write_json
 from ebtune.run.loading import ModelSpec
 from ebtune.sampling.samplers import Guidance, make_sampler
 from ebtune.schedules import ScheduleContext, make_schedule
@@ -153,13 +152,6 @@ def max_batch(spec: ModelSpec, precision: str, device: torch.device, memory_gib:
             "torch": torch.__version__}
 
 
-def _write_json(path: Path, value: object) -> None:
-    """Whole or not at all: a run stopped mid-write (the GPU check's budget) leaves the previous file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
-
-
 def _print_table(rows: list[dict], header: bool = True) -> None:
     versus = "vs_eager" in rows[0]
     if header:
@@ -198,7 +190,7 @@ def main(tokens: Sequence[str]) -> int:
     for configuration in bench_rows(settings, device):
         _print_table(configuration, header=not rows)
         rows += configuration
-        _write_json(path, rows)  # after each configuration: a run cut short keeps the finished ones
+        write_json(path, rows)  # whole, after each configuration: a run cut short keeps the finished ones
     print(f"written: {path}")
     if settings.max_batch:
         if device.type != "cuda":
@@ -209,6 +201,6 @@ def main(tokens: Sequence[str]) -> int:
         for precision in settings.precision:
             found.append(max_batch(spec, precision, device, settings.memory_gib))
             print(f"max_batch {precision}: {found[-1]['max_batch']} (in {found[-1]['memory_cap_bytes'] / 2**30:.0f} GiB)")
-            _write_json(batch_path, found)
+            write_json(batch_path, found)
         print(f"written: {batch_path}")
     return 0

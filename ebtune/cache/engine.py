@@ -2,8 +2,8 @@
 
 Attaching replaces, per block, the attention and MLP branch callables named by the model's adapter
 with a wrapper. At a compute slot the wrapper calls the original and stores its (ungated) output
-if the schedule ever reuses that branch of that block (`keeps`); at a reuse slot it returns the stored tensor without running the branch, and the block applies the
-current step's gate to it. The sampler owns the lifecycle: `reset()` before a sampling loop and
+if the schedule ever reuses that branch of that block (`keeps`); at a reuse slot it returns the
+stored tensor without running the branch, and the block applies the current step's gate to it. The sampler owns the lifecycle: `reset()` before a sampling loop and
 `set_step(i)` before step i. `close()` (or leaving the `with`) restores the model exactly.
 """
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -23,6 +22,7 @@ import filelock
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ebtune.io.atomic import write_json
 from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation
 from ebtune.search.plots import quality_label, write_pareto_plots
 from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
@@ -244,9 +244,7 @@ class Views:
                "noise_z": NOISE_Z, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
                "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
                "baselines": baselines, "points": front}
-        tmp = self.folder / f"pareto.json.{os.getpid()}.tmp"  # one temp file per writer: sessions may share the folder
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(self.folder / "pareto.json")
+        write_json(self.folder / "pareto.json", doc)
         return front
 
     def _have_runs(self, numbers: set[int]) -> bool:
@@ -281,9 +279,7 @@ def _set_provenance_run(path: Path, run_id: str) -> None:
     doc = json.loads(path.read_text())
     if doc.get("provenance", {}).get("mlflow_run_id") != run_id:
         doc.setdefault("provenance", {})["mlflow_run_id"] = run_id
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(path, doc)
 
 
 def folder_views(folder: Path, uri: str | None = None, log: Callable[[str], None] = print) -> Views:
