@@ -43,7 +43,7 @@ def test_confirm_with_more_images_changes_fid_not_macs(search_folder, capsys):
 
 def test_confirm_needs_a_search_folder(tmp_path, capsys):
     assert main(["confirm", str(tmp_path)]) == 2
-    assert "no pareto.json in" in capsys.readouterr().err
+    assert "no study.db or storage.json in" in capsys.readouterr().err
 
 
 def test_confirm_defaults_to_fresh_seeds(search_folder):

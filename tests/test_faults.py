@@ -27,6 +27,8 @@ from ebtune.errors import ConfigError
 from ebtune.io.checkpoints import CheckpointError, read_state_dict
 from ebtune.search.job import TrialTimeout, time_limit
 from ebtune.search.study import (
+    HEARTBEAT_ATTR,
+    Heartbeat,
     check_sampler,
     claim,
     counted,
@@ -35,6 +37,8 @@ from ebtune.search.study import (
     open_study,
     reap,
     session_tag,
+    storage,
+    stored_trial_id,
     to_run,
 )
 from ebtune.search.tracking import GuardedTracker, SearchTracker
@@ -53,17 +57,16 @@ def _dead_tag() -> str:
     return f"{socket.gethostname()}:{pid.strip()}:?"
 
 
-def _study(tmp_path: Path) -> optuna.Study:
-    study, _ = open_study(tmp_path / "s", None, "s", ["fid", "macs"], {"model": "m"}, SEARCH, False)
-    return study
+def _study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    return open_study(tmp_path / "s", None, "s", ["fid", "macs"], {"model": "m"}, SEARCH, False)
 
 
 def test_dead_sessions_trial_is_requeued_and_a_live_one_is_not(tmp_path):
-    study = _study(tmp_path)
+    study, store = _study(tmp_path)
     dead, live = study.ask({"a": optuna.distributions.IntDistribution(1, 9)}), study.ask()
     dead.set_user_attr("ebtune.session", _dead_tag())
     live.set_user_attr("ebtune.session", session_tag())
-    assert reap(study) == [dead.number]
+    assert reap(study, store) == [dead.number]
     states = {t.number: t.state for t in study.trials}
     assert states[dead.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING
     retried = study.get_trials(states=(TrialState.WAITING,))
@@ -73,33 +76,36 @@ def test_dead_sessions_trial_is_requeued_and_a_live_one_is_not(tmp_path):
 
 
 def test_untagged_running_trial_is_requeued_after_the_grace_period(tmp_path):
-    study = _study(tmp_path)
+    study, store = _study(tmp_path)
     study.ask()
-    assert reap(study, grace_s=60) == []
-    assert reap(study, grace_s=0) == [0]
+    assert reap(study, store, grace_s=60) == []
+    assert reap(study, store, grace_s=0) == [0]
 
 
 def test_a_late_heartbeat_fails_another_hosts_trial_but_not_a_live_local_one(tmp_path):
-    study, store = open_study(tmp_path / "s", None, "s", ["fid", "macs"], {"model": "m"},
-                              {**SEARCH, "heartbeat_interval": 1, "grace_period": 1}, False)
-    local, remote = study.ask(), study.ask()
+    study, store = _study(tmp_path)
+    local, remote, beating = study.ask(), study.ask(), study.ask()
     local.set_user_attr("ebtune.session", session_tag())  # this process: alive
     remote.set_user_attr("ebtune.session", "elsewhere:123:456")
+    beating.set_user_attr("ebtune.session", "elsewhere:124:457")
     for t in (local, remote):
-        store.record_heartbeat(t._trial_id)
+        with Heartbeat(store, stored_trial_id(store, study, t.number), interval_s=60):
+            pass  # one beat each
     time.sleep(2.5)  # both heartbeats are now older than the grace period
-    assert reap(study) == [remote.number]
+    with Heartbeat(store, stored_trial_id(store, study, beating.number), interval_s=60):
+        assert reap(study, store, grace_s=1) == [remote.number]
+    assert study.trials[remote.number].user_attrs[HEARTBEAT_ATTR] > 0
     states = {t.number: t.state for t in study.trials}
     assert states[local.number] == TrialState.RUNNING and states[remote.number] == TrialState.FAIL
 
 
 def test_sessions_claiming_at_once_start_exactly_the_budget(tmp_path):
-    study = _study(tmp_path)
+    study, _ = _study(tmp_path)
     total, claimed = 9, []
 
     def session() -> None:
-        mine = load_folder_study(tmp_path / "s")
-        while (trial := claim(mine, total, tmp_path / "s", poll_s=0.05)) is not None:
+        mine, store = load_folder_study(tmp_path / "s"), storage(tmp_path / "s")
+        while (trial := claim(mine, store, total, tmp_path / "s", poll_s=0.05)) is not None:
             claimed.append(trial.number)
             mine.tell(trial, [1.0, 2.0])
 
@@ -112,7 +118,7 @@ def test_sessions_claiming_at_once_start_exactly_the_budget(tmp_path):
 
 
 def test_real_failures_count_interruptions_do_not(tmp_path):
-    study = _study(tmp_path)
+    study, _ = _study(tmp_path)
     failed = study.ask()
     failed.set_user_attr("fail_reason", "RuntimeError: boom")
     study.tell(failed, state=TrialState.FAIL)

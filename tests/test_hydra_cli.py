@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-import ebtune.cli.search as search_cli
+import ebtune.search.pipeline as pipeline
 from ebtune.cli.config import CONF_DIR
 from ebtune.search.space import SPACES_DIR
 
@@ -31,11 +32,11 @@ def searches(monkeypatch):
     """Replace the search itself: record each plan and what its folder holds when the search starts."""
     seen = []
 
-    def fake_search(plan):
-        seen.append((plan, sorted(p.name for p in (plan["folder"] / ".hydra").iterdir())))
-        return 0
+    def fake_search(config):
+        seen.append((config, sorted(p.name for p in (config.folder / ".hydra").iterdir())))
+        return SimpleNamespace(exit_code=0)
 
-    monkeypatch.setattr(search_cli, "_search", fake_search)
+    monkeypatch.setattr(pipeline, "run_search", fake_search)
     return seen
 
 
@@ -99,9 +100,9 @@ def test_bad_values_name_their_key_before_anything_is_written(ebtune, tmp_path, 
 def test_hydra_run_dir_and_job_name_are_the_search_folder_and_name(ebtune, tmp_path, searches):
     assert ebtune("search", "hydra.run.dir=runs/a", "hydra.job.name=first", "space=intervals") == 0
     plan, hydra_files = searches[0]
-    assert plan["folder"] == tmp_path / "runs" / "a" and plan["name"] == "first"
+    assert plan.folder == tmp_path / "runs" / "a" and plan.name == "first"
     assert hydra_files == ["config.yaml", "hydra.yaml", "overrides.yaml"]
-    saved = plan["folder"] / ".hydra"
+    saved = plan.folder / ".hydra"
     assert yaml.safe_load((saved / "overrides.yaml").read_text()) == ["hydra.run.dir=runs/a", "hydra.job.name=first", "space=intervals"]
     assert yaml.safe_load((saved / "config.yaml").read_text())["space"] == "intervals"
     assert "run" in yaml.safe_load((saved / "hydra.yaml").read_text())["hydra"]
@@ -120,10 +121,10 @@ def test_multirun_plans_every_job_then_searches_each_in_its_own_folder(ebtune, t
     assert ebtune("search", "-m", "trials=1,2", "search.sampler=tpe,random", "name=sw",
                   "hydra.sweep.dir=sweep", "space=intervals") == 0
     assert len(searches) == 4
-    folders = [p["folder"] for p, _ in searches]
+    folders = [p.folder for p, _ in searches]
     assert folders == [tmp_path / "sweep" / str(k) for k in range(4)]
-    assert [p["name"] for p, _ in searches] == [f"sw-{k}" for k in range(4)]
-    assert {(p["cfg"]["trials"], p["cfg"]["search"]["sampler"]) for p, _ in searches} == {
+    assert [p.name for p, _ in searches] == [f"sw-{k}" for k in range(4)]
+    assert {(p.cfg["trials"], p.cfg["search"]["sampler"]) for p, _ in searches} == {
         (1, "tpe"), (1, "random"), (2, "tpe"), (2, "random")}
     assert all(files == ["config.yaml", "hydra.yaml", "overrides.yaml"] for _, files in searches)
     assert "sweep job 4/4" in capsys.readouterr().out

@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("confirm", help="re-score a search's Pareto front and baselines with more images",
                        description="Re-evaluate every front point and baseline of a search folder with n=N images "
                        "(default 1000; same model, sampler and labels as the search, on fresh seeds unless seed=S is "
-                       "given) and write confirmed.json there.")
+                       "given), record the result in the search's study (pareto.json, MLflow and `ebtune export` then use it) "
+                       "and write confirmed.json there.")
     p.add_argument("folder", help="a folder written by `ebtune search`")
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # deprecated spelling of n=
     p.set_defaults(run=run)
@@ -21,17 +22,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ebtune.cli.config import compose, with_aliases
     from ebtune.run.overrides import settings
-    from ebtune.search.confirm import confirm, search_overrides, search_settings
+    from ebtune.search.confirm import confirm, search_overrides
+    from ebtune.search.views import folder_views
 
     given = settings("confirm", with_aliases(args.overrides, {"--n": ("n", args.n)}), {"n": int, "seed": int})
     n = given.get("n", 1000)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    if not (Path(args.folder) / "pareto.json").is_file():
-        raise FileNotFoundError(f"no pareto.json in {args.folder}; pass a folder written by `ebtune search`")
-    cfg = compose(search_overrides(search_settings(Path(args.folder)), n, given.get("seed")), config_name="search")
-    result = confirm(args.folder, cfg)
+    views = folder_views(Path(args.folder))
+    cfg = compose(search_overrides(views.study.user_attrs["search"], n, given.get("seed")), config_name="search")
+    result = confirm(views, cfg)
+    views.record_confirmation(result)
     for trial, beaten in result["dominates"].items():
         print(f"{trial} with {result['n_samples']} images dominates: {', '.join(beaten) or 'no baseline'}")
-    print(f"written: {args.folder}/confirmed.json")
+    print(f"recorded in the study; written: {args.folder}/confirmed.json and pareto.json")
     return 0

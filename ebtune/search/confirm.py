@@ -4,27 +4,21 @@ A search ranks schedules on a cheap proxy (a few hundred images); FID from few i
 the field's practice is to confirm the final Pareto set at a larger size. This re-evaluates every
 front point and every baseline with `n_samples` images under the search's own settings (model,
 sampler, steps, guidance, seed, class-balanced labels) and reports which front points still
-dominate which baselines.
+dominate which baselines. The front and the baselines are read from the study, and the result is
+recorded there, whether `ebtune search` (search.confirm_n) or `ebtune confirm` ran it.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 from ebtune.errors import ConfigError
+from ebtune.io.atomic import write_json
 from ebtune.io.schedule_file import load_schedule_file
 from ebtune.run.factory import resolve_device
 from ebtune.search.baselines import NO_CACHE
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.pareto import NOISE_Z, relation, std_key
-
-
-def search_settings(folder: Path) -> dict[str, Any]:
-    """The settings the folder's study was started with (model, sampler, steps, metric, ...)."""
-    from ebtune.search.study import load_folder_study
-
-    return load_folder_study(folder).user_attrs["search"]
+from ebtune.search.views import Views
 
 
 # Confirmation draws its noise from seed + CONFIRM_SEED_OFFSET: images no trial was ranked on.
@@ -51,29 +45,27 @@ def search_overrides(settings: dict[str, Any], n_samples: int, seed: int | None 
     return overrides
 
 
-def confirm(folder: str | Path, cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Re-score the front and the baselines of `folder` under the resolved search config `cfg` (its
-    `metric.n_samples` images from its seed; see `search_overrides`); writes `confirmed.json` there
-    and returns it. `dominates` and `relations` judge each front point against each baseline beyond
-    NOISE_Z standard errors of the quality metric.
+def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-score the front and the baselines of the search `views` shows, read from its study, under
+    the resolved search config `cfg` (its `metric.n_samples` images from its seed; see
+    `search_overrides`); writes `confirmed.json` in the search folder and returns it. Record it in
+    the study with `views.record_confirmation`. `dominates` and `relations` judge each front point
+    against each baseline beyond NOISE_Z standard errors of the quality metric.
 
     Raises:
-        FileNotFoundError: not a search folder.
-        ValueError: n_samples < 1.
+        ConfigError: n_samples < 1, or the search has no front yet.
     """
-    folder = Path(folder)
     n_samples = int(cfg["metric"]["n_samples"])
     if n_samples < 1:
         raise ConfigError(f"n must be at least 1, got {n_samples}")
-    if not (folder / "pareto.json").is_file():
-        raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
-    front = json.loads((folder / "pareto.json").read_text())
+    points = views.front()
+    if not points:
+        raise ConfigError(f"the search in {views.folder} has no front yet; run `ebtune search` on it first")
     evaluator = Evaluator(cfg, resolve_device(cfg["device"]))
-    entries = sorted(front["baselines"], key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
-    entries += [{"name": f"trial-{p['number']:04d}", **p} for p in front["points"]]
+    entries = sorted(views.current_baselines(), key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
     rows, reference = [], None
-    for entry in entries:
-        schedule = load_schedule_file(folder / entry["schedule_file"]).schedule
+    for entry in entries + points:
+        schedule = load_schedule_file(views.folder / entry["schedule_file"]).schedule
         outcome = evaluator.evaluate(schedule, reference, evaluator.sampler_at(schedule.steps))
         if entry["name"] == NO_CACHE:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
@@ -83,12 +75,12 @@ def confirm(folder: str | Path, cfg: dict[str, Any], log: Callable[[str], None] 
         m = outcome.metrics
         log(f"confirm {entry['name']:>18}: fid {m['fid']:.4g} ± {m[std_key('fid')]:.2g} (search {searched['fid']:.4g})  "
             f"speedup {m['speedup']:.2f}x")
-    objectives = front["objectives"]
+    objectives = views.objectives
     baselines = [r for r in rows if r["trial"] is None]
     relations = {r["name"]: {b["name"]: relation(r["metrics"], b["metrics"], objectives, NOISE_Z) for b in baselines}
                  for r in rows if r["trial"] is not None}
     dominated = {name: [b for b, rel in rels.items() if rel == "dominates"] for name, rels in relations.items()}
     result = {"n_samples": n_samples, "seed": int(cfg["seed"]), "evaluator": evaluator.fid.name, "objectives": objectives,
               "noise_z": NOISE_Z, "rows": rows, "dominates": dominated, "relations": relations}
-    (folder / "confirmed.json").write_text(json.dumps(result, indent=2))
+    write_json(views.folder / "confirmed.json", result)
     return result

@@ -42,6 +42,19 @@ def _duration(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
+def sampler_info(evaluator: Evaluator, sampler: Sampler) -> dict[str, Any]:
+    """The sampler as schedule files and pareto.json record it."""
+    extra = {k: v for k, v in evaluator.cfg["sampler"].items() if k != "name"}
+    return {"name": sampler.step.name, "steps": sampler.steps, "cfg_scale": sampler.guidance.scale, **extra}
+
+
+def pareto_meta(evaluator: Evaluator, space: SearchSpace) -> dict[str, Any]:
+    """What pareto.json says about the search besides its points (also stored in the study for `ebtune sync`)."""
+    return {"model": evaluator.spec.name, "steps": evaluator.sampler.steps,
+            "sampler": sampler_info(evaluator, evaluator.sampler), "space": space.name,
+            "quality_evaluator": evaluator.fid.name, "n_samples": evaluator.n_samples}
+
+
 class Recorder:
     """Records baselines and trials of one search.
 
@@ -77,16 +90,6 @@ class Recorder:
         return {"family": "dit", "name": self.evaluator.spec.name, "depth": cfg.depth, "input_size": cfg.input_size,
                 "patch_size": cfg.patch_size}
 
-    def sampler_info(self, sampler: Sampler) -> dict[str, Any]:
-        extra = {k: v for k, v in self.evaluator.cfg["sampler"].items() if k != "name"}
-        return {"name": sampler.step.name, "steps": sampler.steps, "cfg_scale": sampler.guidance.scale, **extra}
-
-    def pareto_meta(self) -> dict[str, Any]:
-        """What pareto.json says about the search besides its points (also stored in the study for `ebtune sync`)."""
-        return {"model": self.evaluator.spec.name, "steps": self.evaluator.sampler.steps,
-                "sampler": self.sampler_info(self.evaluator.sampler), "space": self.space.name,
-                "quality_evaluator": self.evaluator.fid.name, "n_samples": self.evaluator.n_samples}
-
     def _provenance(self, metrics: dict[str, float], run_id: str | None, trial: str) -> dict[str, Any]:
         how = self.evaluator.provenance()
         quality = {k: metrics[k] for k in ("fid", std_key("fid"), "accuracy", "distance") if k in metrics}
@@ -102,7 +105,7 @@ class Recorder:
     def _save(self, name: str, schedule: Schedule, sampler: Sampler, eps_form: dict, params: dict,
               metrics: dict[str, float], run_id: str | None) -> str:
         rel = f"schedules/{name}.json"
-        save_schedule_file(self.folder / rel, schedule, model=self.model_info(), sampler=self.sampler_info(sampler),
+        save_schedule_file(self.folder / rel, schedule, model=self.model_info(), sampler=sampler_info(self.evaluator, sampler),
                            eps_scale=eps_form, search_params=params, provenance=self._provenance(metrics, run_id, name))
         return rel
 
@@ -184,19 +187,6 @@ class Recorder:
     @property
     def confirmation(self) -> dict[str, Any] | None:
         return self.views.confirmation
-
-    def confirmed(self, result: dict[str, Any]) -> None:
-        """Store a confirmation (`ebtune.search.confirm.confirm`'s result) in the study; from now on
-        the front, pareto.json and the MLflow tags use its numbers."""
-        rows = result["rows"]
-        self.study.set_user_attr("confirmed", {
-            "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
-            "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
-            "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
-        for r in rows:
-            if r["trial"] is not None:
-                self.views.guard.call("log_confirmed", r["trial"], r["metrics"])
-        self.views.update_front()
 
     def unconfirm(self) -> None:
         """New trials make a confirmation stale: drop it before they run."""

@@ -15,8 +15,8 @@ settings a resume must match), `search_id` (the search's own id; its MLflow pare
 
 Interrupted trials are retried. A trial whose process died is failed and re-queued with the same
 parameters (`RetryHeartbeatStaleTrialCallback`, the retry carries `failed_trial`): at once when its
-session ran on this host and that process is gone, otherwise when its Optuna heartbeat is older
-than `search.grace_period` (RDB storages; journal storages have no heartbeat). Such a trial has
+session ran on this host and that process is gone, otherwise when its heartbeat (`HEARTBEAT_ATTR`,
+stamped through Optuna's public storage API by every storage) is older than `search.grace_period`. Such a trial has
 no `fail_reason` and does not count towards `trials=`; a trial that really failed does.
 
 Concurrency: sessions cooperate. Any number of sessions may run one search (same name and
@@ -40,12 +40,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import filelock
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.errors import ConfigError
+from ebtune.io.locks import file_lock
 from ebtune.registry import Registry
 from ebtune.search.pareto import direction
 
@@ -53,6 +53,7 @@ DB_NAME = "study.db"
 POINTER_NAME = "storage.json"
 LOCK_NAME = ".study.lock"
 SESSION_ATTR = "ebtune.session"
+HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
 FAIL_REASON = "fail_reason"
 SCHEDULE_ATTR = "schedule_file"
 # Sessions' sampler seeds differ by this prime times the session index.
@@ -63,11 +64,9 @@ LOCK_TIMEOUT_S = 120
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning (heartbeats, stale-trial retry, metric names are all used on purpose)
-    and its note that heartbeats are meant for `Study.optimize` (ebtune beats itself, `Heartbeat`)."""
+    """Silence Optuna's ExperimentalWarning (stale-trial retry and metric names are used on purpose)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
         yield
 
 
@@ -115,9 +114,8 @@ def resolve_url(folder: Path, url: str | None) -> str:
     return url
 
 
-def make_storage(url: str, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`; RDB storages get heartbeats (`reap` reads them).
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`.
 
     Raises:
         ConfigError: a URL Optuna cannot open.
@@ -133,8 +131,7 @@ def make_storage(url: str, heartbeat_interval: int | None = None,
         Path(url[len("sqlite:///"):].split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     try:
         with quiet():
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except (ImportError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"search.storage={url}: {first}; give an Optuna storage URL (sqlite:///, postgresql://, "
@@ -155,15 +152,10 @@ def load_folder_study(folder: Path) -> optuna.Study:
 
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on the search folder, for creating its storage, study and seed trials."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
-    try:
-        with lock:
-            yield
-    except filelock.Timeout:
-        raise ConfigError(f"another ebtune process holds {folder / LOCK_NAME} for over {LOCK_TIMEOUT_S}s; "
-                          f"wait for it or remove the file if no ebtune runs") from None
+    """Exclusive lock on the search folder, for creating its storage, study and seed trials and for
+    claiming trials (`ebtune.io.locks`: a bounded wait, then one line)."""
+    with file_lock(folder / LOCK_NAME, LOCK_TIMEOUT_S):
+        yield
 
 
 # -- samplers ----------------------------------------------------------------------------------------
@@ -282,46 +274,40 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
         RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
-def _stale_ids(study: optuna.Study) -> set[int]:
-    """Trial ids whose Optuna heartbeat is older than the storage's grace period (none without heartbeats).
-    Optuna exposes this only as `BaseHeartbeat._get_stale_trial_ids`, which its `fail_stale_trials` uses;
-    ebtune asks the same question but decides itself which of those trials are really dead."""
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    store = study._storage
-    if not isinstance(store, BaseHeartbeat) or not is_heartbeat_enabled(store):
-        return set()
-    return set(store._get_stale_trial_ids(study._study_id))
+def stored_trial_id(store: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` (Optuna's public storage API)."""
+    return store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
 
 
 def _on_this_host(tag: str) -> bool:
     return tag.partition(":")[0] == socket.gethostname()
 
 
-def reap(study: optuna.Study, grace_s: float = 60.0) -> list[int]:
-    """Fail and re-queue trials whose session died; returns their numbers.
+def _dead(trial: FrozenTrial, now: float, grace_s: float) -> bool:
+    """A session on this host is judged by its process alone: gone means dead, alive means alive even
+    when its heartbeat is late (a loaded machine delays the heartbeat thread, and failing a live trial
+    would make its session's `tell` fail). A session on another host is dead when its last heartbeat
+    is older than `grace_s`; a trial without a session tag (asked outside ebtune, or killed before it
+    was tagged) once it is `grace_s` old."""
+    tag = trial.user_attrs.get(SESSION_ATTR)
+    if tag and _on_this_host(tag):
+        return session_dead(tag)
+    started = trial.datetime_start.timestamp() if trial.datetime_start is not None else now
+    last = float(trial.user_attrs.get(HEARTBEAT_ATTR, started)) if tag else started
+    return now - last > grace_s
 
-    A session on this host is judged by its process alone: gone means dead, alive means alive even
-    when its heartbeat is late (a loaded machine delays the heartbeat thread, and failing a live
-    trial would make its session's `tell` fail). A session on another host is dead when its Optuna
-    heartbeat is older than the grace period. A running trial without a session tag (asked outside
-    ebtune, or killed before it was tagged) is taken for dead once it is `grace_s` old.
-    """
-    stale = _stale_ids(study)
-    store = study._storage
-    now = datetime.datetime.now()
+
+def reap(study: optuna.Study, store: optuna.storages.BaseStorage, grace_s: float = 60.0) -> list[int]:
+    """Fail and re-queue the running trials whose session died (see `_dead`); returns their numbers."""
+    now = time.time()
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        tag = t.user_attrs.get(SESSION_ATTR)
-        if tag:
-            dead = session_dead(tag) if _on_this_host(tag) else t._trial_id in stale
-        else:
-            dead = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace_s
-        if not dead:
+        if not _dead(t, now, grace_s):
             continue
+        tid = stored_trial_id(store, study, t.number)
         try:
-            if store.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                retry(study, store.get_trial(t._trial_id))
+            if store.set_trial_state_values(tid, state=TrialState.FAIL):
+                retry(study, store.get_trial(tid))
                 reaped.append(t.number)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another session reaped it first (or it just finished)
@@ -346,41 +332,45 @@ def to_run(study: optuna.Study, total: int) -> int:
 
 
 class Heartbeat:
-    """Records an Optuna heartbeat for one running trial every `heartbeat_interval` seconds (a no-op
-    for storages without heartbeats), so other sessions see the trial is alive."""
+    """Stamps one running trial's `HEARTBEAT_ATTR` (epoch seconds) every `interval_s` through the
+    storage's public API, so sessions on other hosts see the trial is alive. Every Optuna storage
+    takes user attributes, so journal storages get heartbeats too."""
 
-    def __init__(self, store: optuna.storages.BaseStorage, trial_id: int):
-        self._store, self._trial_id = store, trial_id
-        interval = getattr(store, "get_heartbeat_interval", lambda: None)()
-        self._interval = interval
+    def __init__(self, store: optuna.storages.BaseStorage, trial_id: int, interval_s: float):
+        self._store, self._trial_id, self._interval = store, trial_id, interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True) if interval else None
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _stamp(self) -> bool:
+        try:
+            self._store.set_trial_user_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # told (or reaped) between two beats
+        return True
 
     def _beat(self) -> None:
-        while True:
-            self._store.record_heartbeat(self._trial_id)
-            if self._stop.wait(self._interval):
-                return
+        while not self._stop.wait(self._interval) and self._stamp():
+            pass
 
     def __enter__(self) -> Heartbeat:
-        if self._thread is not None:
-            self._thread.start()
+        self._stamp()  # alive from the start, before another session's next look
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
 
 
 @contextmanager
-def budget(study: optuna.Study, total: int, folder: Path, grace_s: float = 60.0) -> Iterator[bool | None]:
+def budget(study: optuna.Study, store: optuna.storages.BaseStorage, total: int, folder: Path,
+           grace_s: float = 60.0) -> Iterator[bool | None]:
     """Under the folder lock, with dead sessions' trials re-queued: whether a trial should start now.
     True (budget left, or a re-queued trial waits), None (the rest of the budget is running in other
     sessions: look again later), False (the budget is met). Ask the trial inside the block, so that
     counting and asking are one step for every session sharing the folder."""
     with folder_lock(folder):
-        reap(study, grace_s)
+        reap(study, store, grace_s)
         trials = study.get_trials(deepcopy=False)
         if sum(counted(t) for t in trials) >= total:
             yield False
@@ -390,7 +380,8 @@ def budget(study: optuna.Study, total: int, folder: Path, grace_s: float = 60.0)
             yield None
 
 
-def claim(study: optuna.Study, total: int, folder: Path, poll_s: float, grace_s: float = 60.0) -> optuna.Trial | None:
+def claim(study: optuna.Study, store: optuna.storages.BaseStorage, total: int, folder: Path, poll_s: float,
+          grace_s: float = 60.0) -> optuna.Trial | None:
     """The next trial of the budget, asked and tagged with this session; None once the budget is met.
 
     Counting the budget and asking happen under the folder lock (`budget`), so sessions sharing the
@@ -400,7 +391,7 @@ def claim(study: optuna.Study, total: int, folder: Path, poll_s: float, grace_s:
     of them may die and be re-queued here.
     """
     while True:
-        with budget(study, total, folder, grace_s) as work:
+        with budget(study, store, total, folder, grace_s) as work:
             if work:
                 with quiet():
                     trial = study.ask()
@@ -424,8 +415,7 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
     Args:
         url: `search.storage` (None = `<folder>/study.db`).
         settings: what a resume must not change (model, steps, space, objectives, sample count...).
-        search: the `search` config (sampler, seed, startup_trials, population_size, heartbeat_interval,
-            grace_period).
+        search: the `search` config (sampler, seed, startup_trials, population_size).
         seeds: parameter sets to try first.
         first_start: called with a new study (no trials yet), under the lock, after `seeds` are
             enqueued: what else a first start enqueues (the search's seeding, calibration included).
@@ -436,10 +426,8 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
     import uuid
 
     directions = [direction(m) for m in objectives]
-    heartbeat = int(search.get("heartbeat_interval") or 0) or None
-    grace = int(search.get("grace_period") or 0) or None
     with folder_lock(folder):
-        store = make_storage(resolve_url(folder, url), heartbeat, grace)
+        store = make_storage(resolve_url(folder, url))
         study = optuna.create_study(storage=store, study_name=name, directions=directions, load_if_exists=True)
         stored = study.user_attrs.get("search")
         if stored is None:

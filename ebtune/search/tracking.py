@@ -30,15 +30,17 @@ from typing import Any, Iterable
 # MLflow would otherwise write a telemetry file under ~/.config/mlflow; set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import filelock  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 
+from ebtune.io.locks import file_lock  # noqa: E402
 from ebtune.search.plots import pareto_figure_html, pareto_figure_png  # noqa: E402
 
 # The one store all searches share, under the directory ebtune runs in (as MLflow users expect).
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
+# How long a first start waits for another creating the sqlite store (`ebtune.io.locks`).
+STORE_LOCK_TIMEOUT_S = 300
 SEARCH_TAG = "ebtune.search_name"
 SEARCH_ID_TAG = "ebtune.search_id"
 TRIAL_TAG = "ebtune.trial"
@@ -143,7 +145,7 @@ class SearchTracker:
             if self._lock_path is None:
                 self._client_instance = MlflowClient(tracking_uri=self.uri)
             else:
-                with filelock.FileLock(str(self._lock_path), timeout=300):
+                with file_lock(self._lock_path, STORE_LOCK_TIMEOUT_S):
                     self._client_instance = MlflowClient(tracking_uri=self.uri)
         return self._client_instance
 
@@ -176,8 +178,7 @@ class SearchTracker:
             search_name: the parent run's name (tag ``ebtune.search_name``).
             search_id: the search's own id (the study's ``search_id``; default: the name, for a tracker used
                 without a study); a second ``start`` with the same id reuses the parent run, its child runs and
-                its baselines, and sets it RUNNING again. A parent from before search ids is adopted only when
-                its name and ``folder`` param both match.
+                its baselines, and sets it RUNNING again.
             config: the resolved configuration, logged as ``config.json`` (overwritten on resume).
             space: the search space, logged as ``space.json``.
             info: run facts (git commit, device, ebtune version, steps, sampler...), logged as params. Params are
@@ -192,11 +193,6 @@ class SearchTracker:
         search_id = search_id or search_name
         experiment_id = self._ensure_experiment()
         found = self._search(experiment_id, f"tags.`{SEARCH_ID_TAG}` = '{search_id}'")
-        if not found and "folder" in info:
-            legacy = self._search(experiment_id, f"tags.`{SEARCH_TAG}` = '{search_name}'")
-            found = [r for r in legacy if SEARCH_ID_TAG not in r.data.tags and r.data.params.get("folder") == str(info["folder"])]
-            for run in found:
-                self._client.set_tag(run.info.run_id, SEARCH_ID_TAG, search_id)
         if found:
             # Two parents can only come from a race between two first starts; the oldest one is the search.
             parent = min(found, key=lambda r: (r.info.start_time, r.info.run_id))

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.io.atomic import write_json
+from ebtune.io.locks import held
 from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation
 from ebtune.search.plots import quality_label, write_pareto_plots
 from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
@@ -30,7 +31,7 @@ from ebtune.search.tracking import GuardedTracker, SearchTracker
 
 SYNCED = "mlflow_synced."
 VIEWS_LOCK = ".views.lock"
-# How long a views write waits for another session's before it goes ahead without the lock.
+# How long a views write waits for another session's before it fails with one line (`ebtune.io.locks`).
 VIEWS_LOCK_TIMEOUT_S = 300
 INTERRUPTED = "interrupted: the session running it ended (re-queued with the same parameters)"
 
@@ -43,21 +44,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _one_writer(method: F) -> F:
-    """Run a `Views` method under the folder's views lock (re-entrant: the methods call each other)."""
+    """Run a `Views` method under the folder's views lock (re-entrant: the methods call each other),
+    under the lock policy of `ebtune.io.locks`: never a write without the lock."""
     @functools.wraps(method)
     def locked(self: Views, *args: Any, **kwargs: Any) -> Any:
-        try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            if not self._lock_warned:
-                self.log(f"warning: {self._lock.lock_file} held for over {VIEWS_LOCK_TIMEOUT_S}s; writing the views "
-                         f"without it (`ebtune sync FOLDER` repairs any clash)")
-                self._lock_warned = True
+        with held(self._lock):
             return method(self, *args, **kwargs)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._lock.release()
     return locked  # type: ignore[return-value]
 
 
@@ -82,7 +74,6 @@ class Views:
         self._front_numbers: set[int] | None = None
         self._tagged: dict[int, dict[str, str]] = {}
         self._lock = self._new_lock()
-        self._lock_warned = False
 
     def _new_lock(self) -> filelock.FileLock:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +243,21 @@ class Views:
         if numbers <= set(self.tracker.trial_runs):
             return True
         return numbers <= set(self.guard.call("refresh_trial_runs") or {})
+
+    @_one_writer
+    def record_confirmation(self, result: dict[str, Any]) -> None:
+        """Store a confirmation (`ebtune.search.confirm.confirm`'s result) in the study, whichever command
+        ran it; from now on the front, pareto.json and the MLflow tags use its numbers."""
+        rows = result["rows"]
+        self.study.set_user_attr("confirmed", {
+            "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
+            "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
+            "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
+        if self._connected():
+            for r in rows:
+                if r["trial"] is not None:
+                    self.guard.call("log_confirmed", r["trial"], r["metrics"])
+        self.update_front()
 
     @_one_writer
     def finish(self, status: str = "FINISHED") -> list[dict[str, Any]]:

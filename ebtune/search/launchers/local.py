@@ -17,7 +17,7 @@ from ebtune.search.evaluator import TrialPruned
 from ebtune.search.gap_gate import GapGate
 from ebtune.search.job import Job, score, time_limit, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
-from ebtune.search.study import FAIL_REASON, Heartbeat, claim, retry
+from ebtune.search.study import FAIL_REASON, Heartbeat, claim, retry, stored_trial_id
 
 
 class LocalLauncher(Launcher):
@@ -28,7 +28,7 @@ class LocalLauncher(Launcher):
         self.folder = folder
 
     def run(self, job: Job) -> None:
-        while (trial := claim(job.study, job.total, self.folder, job.poll_s, job.grace_s)) is not None:
+        while (trial := claim(job.study, job.storage, job.total, self.folder, job.poll_s, job.grace_s)) is not None:
             try:
                 self._trial(job, trial)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -42,7 +42,7 @@ class LocalLauncher(Launcher):
     @staticmethod
     def _trial(job: Job, trial: optuna.Trial) -> None:
         study = job.study
-        with Heartbeat(job.storage, trial._trial_id):
+        with Heartbeat(job.storage, stored_trial_id(job.storage, study, trial.number), job.poll_s):
             try:
                 with time_limit(job.timeout_s):
                     params = job.space.suggest(trial)

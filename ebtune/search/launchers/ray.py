@@ -34,7 +34,7 @@ from ebtune.search.job import Job, TrialTimeout, score, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
 from ebtune.search.pareto import DIRECTIONS, direction, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, budget, quiet, session_dead, session_tag
+from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, budget, quiet, session_dead, session_tag, stored_trial_id
 
 NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
 
@@ -95,6 +95,7 @@ class RecordingOptunaSearch(OptunaSearch):
 
     def __init__(self, job: Job, tune_trials: dict[str, Any], folder: Path):
         self._job, self._asked, self._beats, self._tune_trials, self._folder = job, {}, {}, tune_trials, folder
+        self._by_tune: dict[str, Any] = {}  # Tune trial id -> the Optuna trial asked for it
         study = job.study
         super().__init__(space=self._define, metric=list(job.objectives),
                          mode=["min" if direction(m) == "minimize" else "max" for m in job.objectives],
@@ -103,7 +104,9 @@ class RecordingOptunaSearch(OptunaSearch):
     def _define(self, trial: Any) -> dict[str, Any]:
         """Define-by-run space; the returned constant puts the Optuna trial number into the config."""
         trial.set_user_attr(SESSION_ATTR, session_tag())
-        beat = self._beats[trial.number] = Heartbeat(self._job.storage, trial._trial_id)
+        store = self._job.storage
+        beat = self._beats[trial.number] = Heartbeat(store, stored_trial_id(store, self._job.study, trial.number),
+                                                     self._job.poll_s)
         beat.__enter__()
         self._job.space.suggest(trial)
         self._asked[trial.number] = trial
@@ -112,16 +115,20 @@ class RecordingOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """The next point while the study's budget (shared with other sessions) is not met."""
         study = self._job.study
-        with budget(study, self._job.total, self._folder, self._job.grace_s) as work:  # counted and asked in one step
+        job = self._job
+        with budget(study, job.storage, job.total, self._folder, job.grace_s) as work:  # counted and asked in one step
             if work is False:
                 return self.FINISHED
             if work is None:
                 return None  # the rest of the budget is running; ask again when a trial ends
             with quiet():
-                return super().suggest(trial_id)
+                config = super().suggest(trial_id)
+        if isinstance(config, dict) and NUMBER_KEY in config:
+            self._by_tune[trial_id] = self._asked.pop(config[NUMBER_KEY])
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = self._by_tune.pop(trial_id, None)
         if ot_trial is not None:
             if result and not error and NUMBER_KEY in result:
                 metrics = _metrics(result)

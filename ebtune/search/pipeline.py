@@ -1,0 +1,247 @@
+"""`run_search(config) -> SearchResult`: one search, as one pipeline.
+
+    SearchConfig ──open──▶ Session(study, views, recorder)
+        │ baselines   no cache first (the reference), then the cached and fewer-step ones
+        │ trials      the configured launcher runs the missing trials of the study's budget
+        │ confirm     the front and the baselines re-scored on fresh images (search.confirm_n)
+        └ finish      MLflow, pareto.json and the plots rewritten from the study → SearchResult
+
+The study (`ebtune.search.study`) is the one record: a resumed search reopens it and runs only what
+is missing; the views are derived from it. The CLI (`ebtune search`), the tests and the bench
+scripts all call `run_search`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+
+from ebtune import __version__
+from ebtune.errors import ConfigError
+from ebtune.run.factory import resolve_threads
+from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
+from ebtune.search.baselines import plan as baseline_plan
+from ebtune.search.config import SearchConfig
+from ebtune.search.confirm import confirm, fresh_seed
+from ebtune.search.evaluator import Evaluator, Reference
+from ebtune.search.job import Job, SearchStopped, sigterm_interrupts
+from ebtune.search.launchers import LAUNCHERS
+from ebtune.search.pareto import NOISE_Z, relation, std_key
+from ebtune.search.recorder import Recorder, git_commit, pareto_meta
+from ebtune.search.seeding import seed_study
+from ebtune.search.space import SearchSpace
+from ebtune.search.study import done_trials, open_study, reap
+from ebtune.search.tracking import SearchTracker, default_uri
+from ebtune.search.views import Views
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search ended with; `front` and `baselines` are the records `pareto.json` holds."""
+
+    name: str
+    folder: Path
+    status: str  # the MLflow parent run's status: FINISHED, or FAILED when the search stopped
+    front: list[dict[str, Any]]
+    baselines: list[dict[str, Any]]
+    confirmation: dict[str, Any] | None
+    cost_macs: float  # images × MACs per image over every evaluation, confirmation included
+    tracking_uri: str
+    mlflow_parent: str | None  # the parent run (experiment name, run id); None while the store was unreachable
+    stopped: str | None = None  # why the search stopped early (`search.max_consecutive_failures`)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.stopped is None else 1
+
+
+@dataclass
+class Session:
+    """One search's objects, each built once, in data-flow order."""
+
+    config: SearchConfig
+    evaluator: Evaluator
+    space: SearchSpace  # the config's space, with the calibrated seed's masks attached where needed
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    views: Views
+    recorder: Recorder
+
+
+def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> SearchResult:
+    """Run (or resume) the search `config` describes; see the module docstring for its stages.
+
+    Raises:
+        ConfigError: a constraint names no baseline, or the folder holds another search.
+        KeyboardInterrupt: Ctrl-C or SIGTERM, after the views were brought up to date.
+    """
+    _quiet_libraries()
+    if config.device.type == "cpu":
+        torch.set_num_threads(resolve_threads(config.cfg["threads"]))
+    evaluator = Evaluator(config.cfg, config.device)
+    names = baseline_names(evaluator, config.space.reference_eps_form())
+    unknown = sorted({c.baseline for c in config.constraints if c.baseline} - set(names))
+    if unknown:
+        raise ConfigError(f"constraint names baseline(s) {', '.join(unknown)}; baselines are: {', '.join(names)}")
+    session = open_session(config, evaluator, log)
+    status, stopped = "FAILED", None
+    try:
+        with sigterm_interrupts():
+            reference = _baselines(session, names, log)
+            _trials(session, reference)
+            _confirmation(session, log)
+            status = "FINISHED"
+    except SearchStopped as stop:
+        stopped = str(stop)
+        log(f"search stopped: {stop}")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        result = _finish(session, status, stopped)
+        report(result, config.objectives, log)
+    return result
+
+
+def _quiet_libraries() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the recorder prints one line per trial instead
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store creation and migration notices
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a resumed parent run downloads its baselines
+
+
+def _settings(config: SearchConfig, evaluator: Evaluator) -> dict[str, Any]:
+    """What a resume must not change."""
+    cfg = config.cfg
+    return {"model": config.model.name, "ckpt": config.model.ckpt, "sampler": cfg["sampler"],
+            "steps": evaluator.sampler.steps, "cfg_scale": evaluator.sampler.guidance.scale, "seed": cfg["seed"],
+            "space": config.space.describe(), "objectives": list(config.objectives),
+            "constraints": [str(c) for c in config.constraints], "metric": cfg["metric"], "device": config.device.type}
+
+
+def _run_info(config: SearchConfig, evaluator: Evaluator, space: SearchSpace) -> dict[str, Any]:
+    """The MLflow parent run's tags."""
+    cfg = config.cfg
+    return {"search": config.name, "model": config.model.name, "steps": evaluator.sampler.steps,
+            "sampler": cfg["sampler"]["name"], "cfg_scale": evaluator.sampler.guidance.scale, "space": space.name,
+            "objectives": ",".join(config.objectives), "launcher": config.launcher,
+            "device": evaluator.provenance()["latency"]["device"], "n_samples": evaluator.n_samples,
+            "ebtune_version": __version__, "git_commit": git_commit() or "unknown", "folder": str(config.folder)}
+
+
+def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str], None] = print) -> Session:
+    """Open (or resume) the study, then its views and recorder; dead sessions' trials are re-queued
+    and the views catch up with the study (a kill, or MLflow down last time)."""
+    cfg, search = config.cfg, config.cfg["search"]
+    # A new study's seeds (the calibrated one included) are enqueued under the folder lock; a loaded
+    # study gets back the calibrated masks it stored.
+    study, store = open_study(config.folder, search.get("storage"), config.name, config.objectives,
+                              _settings(config, evaluator), search, bool(config.constraints),
+                              first_start=lambda new: seed_study(new, config.space, evaluator, config.trials, log))
+    space = seed_study(study, config.space, evaluator, config.trials, log)
+    tracker = SearchTracker(cfg["tracking"]["uri"] or default_uri(),
+                            cfg["tracking"]["experiment"] or f"ebtune/{config.model.name}")
+    info = _run_info(config, evaluator, space)
+    meta = pareto_meta(evaluator, space)
+    study.set_user_attr("tracking", {"uri": tracker.uri, "experiment": tracker.experiment})
+    study.set_user_attr("mlflow_start", {"config": cfg, "space": space.describe(), "info": info})
+    study.set_user_attr("pareto_meta", meta)
+    views = Views(config.folder, study, tracker, config.objectives, config.constraints,
+                  (cfg, space.describe(), info), meta, log)
+    recorder = Recorder(config.folder, study, space, evaluator, views, config.objectives, config.constraints,
+                        config.trials, log)
+    interrupted = reap(study, store, float(search["grace_period"] or 60))
+    views.sync()
+    log(f"search {config.name}: space {space.name} ({space.schedule} + eps {space.eps_scale}), {config.trials} trials "
+        f"({len(done_trials(study))} done), objectives {', '.join(config.objectives)}, {evaluator.n_samples} images "
+        f"per evaluation on {config.device}")
+    log(f"search folder: {config.folder} (rerun with name={config.name} out={config.folder} to resume)")
+    if interrupted:
+        log(f"re-queued {len(interrupted)} trial(s) a dead session left running: {', '.join(map(str, interrupted))}")
+    return Session(config, evaluator, space, study, store, views, recorder)
+
+
+def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -> Reference:
+    """Evaluate the baselines the study does not hold yet; returns the no-cache reference of the trials."""
+    evaluator, recorder = session.evaluator, session.recorder
+    if [b["name"] for b in recorder.baselines] != names:
+        return evaluate_baselines(evaluator, recorder.baseline, session.space.reference_eps_form())[1]
+    log("baselines: recorded in the study; re-running no cache for the distance reference")
+    outcome = evaluator.evaluate(baseline_plan(evaluator)[0].schedule(evaluator.ctx), None)
+    return Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+
+
+def _trials(session: Session, reference: Reference) -> None:
+    """The configured launcher runs the trials still missing from the study's budget."""
+    config, study = session.config, session.study
+    if len(done_trials(study)) >= config.trials:
+        return
+    session.recorder.unconfirm()
+    launcher = LAUNCHERS.make(config.launcher, config.cfg, config.folder)
+    launcher.run(Job(study, session.storage, session.space, dict(config.cfg), reference, list(config.objectives),
+                     session.recorder, session.evaluator, config.trials))
+
+
+def _confirmation(session: Session, log: Callable[[str], None]) -> None:
+    """Re-score the front and the baselines on `search.confirm_n` fresh images; from then on those
+    are the search's numbers (the study records them)."""
+    config, recorder = session.config, session.recorder
+    n = config.confirm_n
+    if n <= 0 or recorder.confirmation is not None or not recorder.front():
+        return
+    cfg = copy.deepcopy(dict(config.cfg))
+    cfg["metric"]["n_samples"] = n
+    cfg["seed"] = fresh_seed(cfg["seed"])
+    cfg["device"] = config.device.type if config.device.type == "cpu" else str(config.device)
+    log(f"confirming the front and the baselines on {n} fresh images (search.confirm_n; 0 skips this)")
+    session.views.record_confirmation(confirm(session.views, cfg, log))
+
+
+def _finish(session: Session, status: str, stopped: str | None) -> SearchResult:
+    recorder, views = session.recorder, session.views
+    front = recorder.finish(status)
+    return SearchResult(
+        name=session.config.name, folder=session.config.folder, status=status, front=front,
+        baselines=recorder.current_baselines(), confirmation=recorder.confirmation, cost_macs=recorder.cost(),
+        tracking_uri=views.tracker.uri,
+        mlflow_parent=(f"experiment {views.tracker.experiment}, parent run {views.parent_run_id}"
+                       if views.parent_run_id is not None and views.guard.up else None),
+        stopped=stopped)
+
+
+def _fmt(m: dict, key: str) -> str:
+    std = m.get(std_key(key))
+    return f"{key} {m[key]:.4g}" + (f" ± {std:.2g}" if isinstance(std, float) and std == std else "")
+
+
+def report(result: SearchResult, objectives: tuple[str, ...], log: Callable[[str], None] = print) -> None:
+    """The front, sorted by the first objective, how each front point stands against each baseline
+    beyond the quality metric's noise, the sampling cost and where everything is."""
+    confirmed = result.confirmation
+    where = (f"confirmed on {confirmed['n_samples']} fresh images" if confirmed else "on the search's images, not confirmed")
+    log(f"Pareto front ({len(result.front)} point(s)) over {', '.join(objectives)}, {where}; differences count beyond "
+        f"{NOISE_Z:g} standard errors:")
+    for point in sorted(result.front, key=lambda p: p["metrics"][objectives[0]]):
+        m = point["metrics"]
+        log(f"  {point['name']}: " + "  ".join(_fmt(m, k) for k in objectives)
+            + f"  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s  -> {point['schedule_file']}")
+    for base in result.baselines:
+        rel = {p["name"]: relation(p["metrics"], base["metrics"], list(objectives), NOISE_Z) for p in result.front}
+        kinds = [k for k in ("dominates", "matches at lower cost", "tie", "trade-off", "matched at higher cost", "dominated")
+                 if k in rel.values()]
+        said = "; ".join(f"{k}: {', '.join(n for n, r in rel.items() if r == k)}" for k in kinds) or "no front point"
+        log(f"  baseline {base['name']} ({_fmt(base['metrics'], objectives[0])}, speedup "
+            f"{base['metrics']['speedup']:.2f}x) <- {said}")
+    log(f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs (images x MACs per image, baselines, trials and "
+        f"confirmation included)")
+    log(f"search folder: {result.folder}")
+    if result.mlflow_parent is None:
+        log(f"MLflow: {result.tracking_uri} was unreachable; the study holds every result: run `ebtune sync "
+            f"{result.folder}` when it is back")
+    else:
+        log(f"MLflow: {result.tracking_uri} ({result.mlflow_parent}); browse with `ebtune ui`")
