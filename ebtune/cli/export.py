@@ -1,14 +1,14 @@
 """`ebtune export` and `ebtune schedules list`: pick a point of a search's Pareto front and ship it.
 
-SOURCE is a search folder (holding `pareto.json`) or an MLflow run id: a trial's run exports that
-trial, a search's parent run stands for its folder (the run's `folder` param).
+SOURCE is a search folder (its study: `study.db`, or the storage `storage.json` names) or an MLflow
+run id: a trial's run exports that trial, a search's parent run stands for its folder (the run's
+`folder` param). The front is read from the study, as `pareto.json` is written from it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,13 @@ def _tracking_uri(command: str, overrides: list[str]) -> str:
 
 
 def load_front(source: str, overrides: list[str], command: str = "export") -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """(search folder, pareto.json contents, the points to choose from) for a folder or run id.
-
-    A trial's run id yields that one trial (Pareto-optimal or not); a search's parent run its front.
+    """(search folder, what the search records about itself, the points to choose from) for a folder
+    or run id. A trial's run id yields that one trial (Pareto-optimal or not); a search's parent run its front.
     """
     uri = _tracking_uri(command, overrides)  # checks the overrides before anything is read
     folder = Path(source)
-    if (folder / "pareto.json").is_file():
-        data = json.loads((folder / "pareto.json").read_text())
-        points = data.get("points", [])
-    elif folder.exists():
-        raise FileNotFoundError(f"no pareto.json in {folder}; pass a folder written by `ebtune search`")
+    if folder.exists():
+        data, points = _from_study(folder)
     else:
         folder, data, points = _from_run(source, uri)
     if not points:
@@ -61,11 +57,25 @@ def load_front(source: str, overrides: list[str], command: str = "export") -> tu
     return folder, data, points
 
 
+def _from_study(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The search's description and its front, from its study.
+
+    Raises:
+        FileNotFoundError: not a search folder.
+    """
+    from ebtune.search.records import SearchRecord
+    from ebtune.search.study import load_folder_study
+
+    record = SearchRecord(load_folder_study(folder))
+    objectives = record.objectives
+    return {**record.meta, "objectives": objectives}, record.front(objectives, record.constraints)
+
+
 def _from_run(run_id: str, uri: str) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from ebtune.search.recorder import trial_name
+    from ebtune.search.records import trial_name
     from ebtune.search.tracking import sqlite_store_path
 
     store = sqlite_store_path(uri)
@@ -81,9 +91,9 @@ def _from_run(run_id: str, uri: str) -> tuple[Path, dict[str, Any], list[dict[st
     if "folder" not in parent.data.params:
         raise ConfigError(f"run {run_id} was not written by `ebtune search` (its search run has no folder param)")
     folder = Path(parent.data.params["folder"])
-    data = json.loads((folder / "pareto.json").read_text()) if (folder / "pareto.json").is_file() else {}
+    data, front = _from_study(folder)
     if parent is run:
-        return folder, data, data.get("points", [])
+        return folder, data, front
     number = int(run.data.tags["ebtune.trial"])
     point = {"number": number, "metrics": dict(run.data.metrics), "schedule_file": f"schedules/{trial_name(number)}.json"}
     return folder, data, [point]

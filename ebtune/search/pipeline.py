@@ -34,6 +34,7 @@ from ebtune.search.job import Job, SearchStopped, sigterm_interrupts
 from ebtune.search.launchers import LAUNCHERS
 from ebtune.search.pareto import NOISE_Z, relation, std_key
 from ebtune.search.recorder import Recorder, git_commit, pareto_meta
+from ebtune.search.records import set_views_source
 from ebtune.search.seeding import seed_study
 from ebtune.search.space import SearchSpace
 from ebtune.search.study import done_trials, open_study, reap
@@ -148,9 +149,8 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
                             cfg["tracking"]["experiment"] or f"ebtune/{config.model.name}")
     info = _run_info(config, evaluator, space)
     meta = pareto_meta(evaluator, space)
-    study.set_user_attr("tracking", {"uri": tracker.uri, "experiment": tracker.experiment})
-    study.set_user_attr("mlflow_start", {"config": cfg, "space": space.describe(), "info": info})
-    study.set_user_attr("pareto_meta", meta)
+    set_views_source(study, {"uri": tracker.uri, "experiment": tracker.experiment},
+                     {"config": cfg, "space": space.describe(), "info": info}, meta)
     views = Views(config.folder, study, tracker, config.objectives, config.constraints,
                   (cfg, space.describe(), info), meta, log)
     recorder = Recorder(config.folder, study, space, evaluator, views, config.objectives, config.constraints,

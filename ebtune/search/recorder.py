@@ -24,8 +24,9 @@ from ebtune.search.baselines import Baseline
 from ebtune.search.evaluator import Evaluator, Outcome
 from ebtune.search.pareto import Constraint, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, done_trials, run_ids
-from ebtune.search.views import Views, trial_name
+from ebtune.search.records import FAIL_REASON, run_ids, set_baseline, store_result, trial_name, unconfirm
+from ebtune.search.study import done_trials
+from ebtune.search.views import Views
 
 
 def git_commit() -> str | None:
@@ -123,7 +124,7 @@ class Recorder:
         rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
         record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
                   "proxy_draws": list(outcome.proxy_draws)}
-        self.study.set_user_attr("baselines", [b for b in self.baselines if b["name"] != base.name] + [record])
+        set_baseline(self.study, record)
         self.views.baseline(record)
         m = outcome.metrics
         self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
@@ -151,11 +152,7 @@ class Recorder:
         rel = self._save(name, schedule, self.evaluator.sampler, self.space.eps_form(params), params, metrics,
                          run_ids(self.study).get(trial.number))
         self._grid(name, grid)
-        trial.set_user_attr("metrics", metrics)
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("constraints", self.violations(metrics))
-        trial.set_user_attr(SCHEDULE_ATTR, rel)
+        store_result(trial, metrics, self.violations(metrics), rel)
 
     def told(self, number: int) -> None:
         """After trial `number` was told: its MLflow view, the front, pareto.json, one progress line."""
@@ -190,8 +187,7 @@ class Recorder:
 
     def unconfirm(self) -> None:
         """New trials make a confirmation stale: drop it before they run."""
-        if self.confirmation is not None:
-            self.study.set_user_attr("confirmed", None)
+        unconfirm(self.study)
 
     def current_baselines(self) -> list[dict[str, Any]]:
         return self.views.current_baselines()

@@ -5,13 +5,7 @@ Storage. `search.storage=URL` takes any Optuna storage URL (`sqlite:///…`, `po
 `sqlite:///<folder>/study.db`. A non-default storage is named in `<folder>/storage.json`, so
 `ebtune sync`, `export` and `confirm` find the study from the folder alone.
 
-What the study holds. Every trial with its parameters, objective values (named: `study.metric_names`
-are the objectives) and user attributes: `metrics` (all reported metrics) and each metric on its
-own (`fid`, `macs`, ... for optuna-dashboard), `constraints` (violations, ≤ 0 = satisfied),
-`schedule_file` (written before the trial is told), `fail_reason` (why a trial failed) and
-`ebtune.session` (host:pid:start of the process running it). Study attributes: `search` (the
-settings a resume must match), `search_id` (the search's own id; its MLflow parent run carries it),
-`baselines`, `confirmed`, `mlflow_run.<n>` and `mlflow_synced.<n>` (the MLflow view's progress).
+What the study holds: see `ebtune.search.records`, the one module that names its attributes.
 
 Interrupted trials are retried. A trial whose process died is failed and re-queued with the same
 parameters (`RetryHeartbeatStaleTrialCallback`, the retry carries `failed_trial`): at once when its
@@ -48,14 +42,11 @@ from ebtune.errors import ConfigError
 from ebtune.io.locks import file_lock
 from ebtune.registry import Registry
 from ebtune.search.pareto import direction
+from ebtune.search.records import FAIL_REASON, HEARTBEAT_ATTR, SEARCH_ID, SESSION_ATTR, SETTINGS
 
 DB_NAME = "study.db"
 POINTER_NAME = "storage.json"
 LOCK_NAME = ".study.lock"
-SESSION_ATTR = "ebtune.session"
-HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
-FAIL_REASON = "fail_reason"
-SCHEDULE_ATTR = "schedule_file"
 # Sessions' sampler seeds differ by this prime times the session index.
 SESSION_SEED_STRIDE = 7919
 # How long a session waits for the folder lock before saying who holds it.
@@ -429,9 +420,9 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
     with folder_lock(folder):
         store = make_storage(resolve_url(folder, url))
         study = optuna.create_study(storage=store, study_name=name, directions=directions, load_if_exists=True)
-        stored = study.user_attrs.get("search")
+        stored = study.user_attrs.get(SETTINGS)
         if stored is None:
-            study.set_user_attr("search", dict(settings))
+            study.set_user_attr(SETTINGS, dict(settings))
         elif stored != dict(settings):
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             raise ConfigError(f"search {name!r} was started with other settings ({', '.join(changed)}); "
@@ -439,8 +430,8 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
         if study.metric_names != list(objectives):
             with quiet():
                 study.set_metric_names(list(objectives))
-        if "search_id" not in study.user_attrs:
-            study.set_user_attr("search_id", uuid.uuid4().hex)
+        if SEARCH_ID not in study.user_attrs:
+            study.set_user_attr(SEARCH_ID, uuid.uuid4().hex)
         if not study.trials:
             for seed in seeds:
                 study.enqueue_trial(dict(seed), skip_if_exists=True)
@@ -451,16 +442,3 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
         n_before = len(study.trials)
     study.sampler = make_sampler(search, int(search["seed"]) + n_before + SESSION_SEED_STRIDE * index, constrained)
     return study, store
-
-
-def set_run_id(study: optuna.Study, number: int, run_id: str) -> None:
-    """Remember trial `number`'s MLflow run (one key per trial: sessions never overwrite each other)."""
-    study.set_user_attr(f"mlflow_run.{number}", run_id)
-
-
-def run_ids(study: optuna.Study) -> dict[int, str]:
-    """Trial number → MLflow run id (the older single `mlflow_runs` attribute included)."""
-    attrs = study.user_attrs
-    runs = {int(k): v for k, v in attrs.get("mlflow_runs", {}).items()}
-    runs.update({int(k.partition(".")[2]): v for k, v in attrs.items() if k.startswith("mlflow_run.")})
-    return runs

@@ -24,20 +24,29 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.io.atomic import write_json
 from ebtune.io.locks import held
-from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front, relation
+from ebtune.search.pareto import NOISE_Z, Constraint, relation
 from ebtune.search.plots import quality_label, write_pareto_plots
-from ebtune.search.study import FAIL_REASON, SCHEDULE_ATTR, run_ids, set_run_id
+from ebtune.search.records import (
+    FAIL_REASON,
+    MLFLOW_START,
+    PARETO_META,
+    SCHEDULE_ATTR,
+    SEARCH_ID,
+    TRACKING,
+    SearchRecord,
+    mark_synced,
+    run_ids,
+    set_confirmation,
+    set_run_id,
+    synced,
+    trial_name,
+)
 from ebtune.search.tracking import GuardedTracker, SearchTracker
 
-SYNCED = "mlflow_synced."
 VIEWS_LOCK = ".views.lock"
 # How long a views write waits for another session's before it fails with one line (`ebtune.io.locks`).
 VIEWS_LOCK_TIMEOUT_S = 300
 INTERRUPTED = "interrupted: the session running it ended (re-queued with the same parameters)"
-
-
-def trial_name(number: int) -> str:
-    return f"trial-{number:04d}"
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,15 +106,19 @@ class Views:
         return self.tracker.parent_run_id if self._started else None
 
     @property
+    def record(self) -> SearchRecord:
+        return SearchRecord(self.study)
+
+    @property
     def baselines(self) -> list[dict[str, Any]]:
-        return list(self.study.user_attrs.get("baselines", []))
+        return self.record.baselines
 
     # -- MLflow --------------------------------------------------------------------------------------
     def _connected(self) -> bool:
         """Start the parent run if it is not yet (the store may have been down); True when it is."""
         if not self._started and self.guard.ready():
             parent = self.guard.call("start", self.study.study_name, *self._start,
-                                     search_id=self.study.user_attrs["search_id"])
+                                     search_id=self.study.user_attrs[SEARCH_ID])
             self._started = parent is not None
             if self._started:
                 self.tracker.write_pointer(str(self.folder))
@@ -150,7 +163,7 @@ class Views:
         if run_id is not None:
             if run_ids(self.study).get(number) != run_id:
                 set_run_id(self.study, number, run_id)
-            self.study.set_user_attr(f"{SYNCED}{number}", trial.state.name)
+            mark_synced(self.study, number, trial.state.name)
 
     @_one_writer
     def sync(self) -> None:
@@ -167,10 +180,10 @@ class Views:
         for record in self.baselines:
             if record["name"] not in logged:
                 self.guard.call("log_baseline", record["name"], record["params"], record["metrics"])
-        synced = {int(k[len(SYNCED):]): v for k, v in self.study.user_attrs.items() if k.startswith(SYNCED)}
+        written = synced(self.study)
         known = run_ids(self.study)
         for t in self.study.get_trials(deepcopy=False):
-            if t.state.is_finished() and synced.get(t.number) != t.state.name:
+            if t.state.is_finished() and written.get(t.number) != t.state.name:
                 self.trial_told(t)
             elif t.state == TrialState.RUNNING and t.number not in known:
                 self.trial_running(t.number, dict(t.params))
@@ -178,39 +191,17 @@ class Views:
 
     # -- the front ---------------------------------------------------------------------------------
     def trial_records(self) -> list[dict[str, Any]]:
-        """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""
-        runs = run_ids(self.study)
-        return [{"number": t.number, "name": trial_name(t.number), "params": dict(t.params),
-                 "metrics": t.user_attrs["metrics"],
-                 "schedule_file": t.user_attrs.get(SCHEDULE_ATTR, f"schedules/{trial_name(t.number)}.json"),
-                 "mlflow_run_id": runs.get(t.number)}
-                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+        return self.record.trials()
 
     @property
     def confirmation(self) -> dict[str, Any] | None:
-        """The front's confirmation (study attribute `confirmed`), or None before one ran."""
-        return self.study.user_attrs.get("confirmed")
+        return self.record.confirmation
 
     def current_baselines(self) -> list[dict[str, Any]]:
-        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
-        confirmed = self.confirmation
-        shown = [{k: v for k, v in b.items() if k != "proxy_draws"} for b in self.baselines]  # the gate's, not a result
-        if not confirmed:
-            return shown
-        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
-                for b in shown if b["name"] in confirmed["baselines"]]
+        return self.record.current_baselines()
 
     def front(self) -> list[dict[str, Any]]:
-        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
-        on their confirmed metrics."""
-        records = self.trial_records()
-        confirmed = self.confirmation
-        if confirmed:
-            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
-                       for r in records if str(r["number"]) in confirmed["trials"]]
-        baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
-        idx = feasible_front([r["metrics"] for r in records], self.objectives, self.constraints, baselines, NOISE_Z)
-        return [records[i] for i in idx]
+        return self.record.front(self.objectives, self.constraints)
 
     @_one_writer
     def update_front(self) -> list[dict[str, Any]]:
@@ -248,13 +239,9 @@ class Views:
     def record_confirmation(self, result: dict[str, Any]) -> None:
         """Store a confirmation (`ebtune.search.confirm.confirm`'s result) in the study, whichever command
         ran it; from now on the front, pareto.json and the MLflow tags use its numbers."""
-        rows = result["rows"]
-        self.study.set_user_attr("confirmed", {
-            "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
-            "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
-            "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
+        set_confirmation(self.study, result)
         if self._connected():
-            for r in rows:
+            for r in result["rows"]:
                 if r["trial"] is not None:
                     self.guard.call("log_confirmed", r["trial"], r["metrics"])
         self.update_front()
@@ -301,12 +288,11 @@ def folder_views(folder: Path, uri: str | None = None, log: Callable[[str], None
 
     study = load_folder_study(folder)
     attrs = study.user_attrs
-    if "pareto_meta" not in attrs or "mlflow_start" not in attrs:
+    if PARETO_META not in attrs or MLFLOW_START not in attrs:
         raise FileNotFoundError(f"the study in {folder} predates `ebtune sync`; run the same `ebtune search` "
                                 f"command once to resume it, which syncs it")
-    tracking = attrs["tracking"]
+    tracking, record = attrs[TRACKING], SearchRecord(study)
     tracker = SearchTracker(uri or tracking["uri"], tracking["experiment"])
-    settings = attrs["search"]
-    start = attrs["mlflow_start"]
-    return Views(folder, study, tracker, settings["objectives"], [Constraint.parse(c) for c in settings["constraints"]],
-                 (start["config"], start["space"], start["info"]), attrs["pareto_meta"], log)
+    start = attrs[MLFLOW_START]
+    return Views(folder, study, tracker, record.objectives, record.constraints,
+                 (start["config"], start["space"], start["info"]), record.meta, log)

@@ -1,0 +1,173 @@
+"""What a search's Optuna study holds: the one module that names, writes and reads its attributes.
+
+Study attributes:
+- `search`: the settings a resume must match; `search_id`: the search's own id (its MLflow parent
+  run carries it); `session.<k>`: the sessions that opened it (their index seeds their sampler).
+- `baselines`: one record per evaluated baseline (name, params, metrics, schedule_file, proxy_draws).
+- `confirmed`: the front's confirmation (n_samples, seed, noise_z, trials and baselines' metrics),
+  whichever command ran it; None or absent before one ran.
+- `tracking`, `mlflow_start`, `pareto_meta`: what `ebtune sync` needs to rebuild the views without a
+  model; `mlflow_run.<n>` and `mlflow_synced.<n>`: the MLflow view's progress per trial.
+- `calibrated_seed` (`ebtune.search.seeding`) and the gap records (`ebtune.search.gap_gate`).
+
+Trial attributes: `metrics` (every reported metric) and each metric on its own (for
+optuna-dashboard), `constraints` (violations, ≤ 0 = satisfied), `schedule_file` (written before the
+tell), `proxy_draws` (the first-fidelity gate's paired draws), `fail_reason` (a real failure),
+`ebtune.session` (host:pid:start of the process running it) and `ebtune.heartbeat`.
+
+`SearchRecord(study)` reads a study: its trials, baselines, confirmation and feasible front, each a
+pure function of the stored attributes, so `pareto.json`, MLflow, `export` and `confirm` agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front
+
+# study attributes
+SETTINGS = "search"
+SEARCH_ID = "search_id"
+BASELINES = "baselines"
+CONFIRMED = "confirmed"
+TRACKING = "tracking"
+MLFLOW_START = "mlflow_start"
+PARETO_META = "pareto_meta"
+MLFLOW_RUN = "mlflow_run."
+SYNCED = "mlflow_synced."
+# trial attributes
+METRICS = "metrics"
+CONSTRAINTS = "constraints"
+SCHEDULE_ATTR = "schedule_file"
+PROXY_DRAWS = "proxy_draws"
+FAIL_REASON = "fail_reason"
+SESSION_ATTR = "ebtune.session"
+HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
+
+
+def trial_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def set_baseline(study: optuna.Study, record: dict[str, Any]) -> None:
+    """Add (or replace, by name) one baseline record."""
+    kept = [b for b in study.user_attrs.get(BASELINES, []) if b["name"] != record["name"]]
+    study.set_user_attr(BASELINES, kept + [record])
+
+
+def set_confirmation(study: optuna.Study, result: dict[str, Any]) -> None:
+    """Store `ebtune.search.confirm.confirm`'s result: from now on the front uses its numbers."""
+    rows = result["rows"]
+    study.set_user_attr(CONFIRMED, {
+        "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
+        "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
+        "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
+
+
+def unconfirm(study: optuna.Study) -> None:
+    """New trials make a confirmation stale."""
+    if study.user_attrs.get(CONFIRMED) is not None:
+        study.set_user_attr(CONFIRMED, None)
+
+
+def set_views_source(study: optuna.Study, tracking: dict[str, str], mlflow_start: dict[str, Any],
+                     meta: dict[str, Any]) -> None:
+    """What `ebtune sync` needs to rebuild the views from the study alone."""
+    study.set_user_attr(TRACKING, tracking)
+    study.set_user_attr(MLFLOW_START, mlflow_start)
+    study.set_user_attr(PARETO_META, meta)
+
+
+def store_result(trial: Any, metrics: dict[str, float], violations: list[float], schedule_file: str) -> None:
+    """A completed trial's results, stored before it is told."""
+    trial.set_user_attr(METRICS, metrics)
+    for key, value in metrics.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr(CONSTRAINTS, violations)
+    trial.set_user_attr(SCHEDULE_ATTR, schedule_file)
+
+
+def set_run_id(study: optuna.Study, number: int, run_id: str) -> None:
+    """Remember trial `number`'s MLflow run (one key per trial: sessions never overwrite each other)."""
+    study.set_user_attr(f"{MLFLOW_RUN}{number}", run_id)
+
+
+def run_ids(study: optuna.Study) -> dict[int, str]:
+    """Trial number → MLflow run id."""
+    return {int(k[len(MLFLOW_RUN):]): v for k, v in study.user_attrs.items() if k.startswith(MLFLOW_RUN)}
+
+
+def mark_synced(study: optuna.Study, number: int, state: str) -> None:
+    study.set_user_attr(f"{SYNCED}{number}", state)
+
+
+def synced(study: optuna.Study) -> dict[int, str]:
+    """Trial number → the state its MLflow run was last written in."""
+    return {int(k[len(SYNCED):]): v for k, v in study.user_attrs.items() if k.startswith(SYNCED)}
+
+
+# -- reading ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchRecord:
+    """A search as its study records it (see the module docstring)."""
+
+    study: optuna.Study
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.study.user_attrs[SETTINGS]
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.settings["objectives"])
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return [Constraint.parse(c) for c in self.settings["constraints"]]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.study.user_attrs[PARETO_META]
+
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        return list(self.study.user_attrs.get(BASELINES, []))
+
+    @property
+    def confirmation(self) -> dict[str, Any] | None:
+        """The front's confirmation, or None before one ran."""
+        return self.study.user_attrs.get(CONFIRMED)
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""
+        runs = run_ids(self.study)
+        return [{"number": t.number, "name": trial_name(t.number), "params": dict(t.params),
+                 "metrics": t.user_attrs[METRICS],
+                 "schedule_file": t.user_attrs.get(SCHEDULE_ATTR, f"schedules/{trial_name(t.number)}.json"),
+                 "mlflow_run_id": runs.get(t.number)}
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if METRICS in t.user_attrs]
+
+    def current_baselines(self) -> list[dict[str, Any]]:
+        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
+        confirmed = self.confirmation
+        shown = [{k: v for k, v in b.items() if k != PROXY_DRAWS} for b in self.baselines]  # the gate's, not a result
+        if not confirmed:
+            return shown
+        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
+                for b in shown if b["name"] in confirmed["baselines"]]
+
+    def front(self, objectives: list[str], constraints: list[Constraint]) -> list[dict[str, Any]]:
+        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
+        on their confirmed metrics."""
+        records = self.trials()
+        confirmed = self.confirmation
+        if confirmed:
+            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
+                       for r in records if str(r["number"]) in confirmed["trials"]]
+        baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
+        idx = feasible_front([r["metrics"] for r in records], objectives, constraints, baselines, NOISE_Z)
+        return [records[i] for i in idx]
