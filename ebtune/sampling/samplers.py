@@ -3,12 +3,14 @@
 The loop owns the noise generator, the respaced timesteps, classifier-free guidance (DiT's doubled
 batch with the null label, guidance on the first `channels` ε channels), the cache lifecycle and the
 single ε-scale hook, which rescales the guided ε before the sampler step. Sampling step i runs chain
-index K−1−i, so step 0 is the noisiest.
+index K−1−i, so step 0 is the noisiest. A multistep rule (DPM-Solver++) also sees the loop's last few
+steps as it consumed them (`Past`); the loop owns that history and starts it empty each call.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,17 +40,39 @@ class Guidance:
         return self.scale > 1.0
 
 
+@dataclass(frozen=True)
+class Past:
+    """One earlier step of the running loop, as its step consumed it: chain index k, the input x and
+    the guided, scaled ε, each (N, C, H, W). Read-only; the loop drops it when it runs out of lookback."""
+
+    k: int
+    x: torch.Tensor
+    eps: torch.Tensor
+
+
 class SamplerStep(ABC):
-    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels."""
+    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels.
+
+    `lookback` is how many earlier steps of the same loop `update` sees in `history` (newest last);
+    0, the default, for one-step rules, which then receive `()`. The loop keeps that history, starts
+    it empty on every `Sampler.sample` and appends to it only after a step's update, so a step
+    policy's trial evaluations never enter it.
+    """
 
     name: str  # the registry name, recorded with every result
+    lookback: int = 0
 
     @abstractmethod
     def update(
         self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, history: tuple[Past, ...],
     ) -> torch.Tensor:
         """One reverse step at chain index k (k = 0 is the last)."""
+
+
+def predict_x0(diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x̂₀ = (x − sqrt(1−ᾱ_k)·ε) / sqrt(ᾱ_k), the data prediction at chain index k."""
+    return diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
 
 
 class AncestralStep(SamplerStep):
@@ -56,7 +80,7 @@ class AncestralStep(SamplerStep):
 
     name = "ddpm"
 
-    def update(self, diffusion, k, x, eps, var_values, generator):
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
         mean, _, log_var = diffusion.p_mean_variance(x, t, eps, var_values)
         if k == 0:
@@ -76,14 +100,50 @@ class DDIMStep(SamplerStep):
         if self.eta < 0:
             raise ValueError(f"ddim eta must be >= 0, got {self.eta}")
 
-    def update(self, diffusion, k, x, eps, var_values, generator):
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
         ab, ab_prev = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
-        x0 = diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
+        x0 = predict_x0(diffusion, k, x, eps)
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         mean = x0 * math.sqrt(ab_prev) + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if k == 0 or sigma == 0:
             return mean
         return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def half_log_snr(alpha_bar: float) -> float:
+    """λ = log(α/σ) with α = sqrt(ᾱ), σ = sqrt(1 − ᾱ) (DPM-Solver's time variable), in float64."""
+    return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
+
+
+@dataclass(frozen=True)
+class DPMSolverPP2M(SamplerStep):
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2): multistep, second order, on
+    the data prediction x̂₀ = (x − σ_s ε)/α_s, from chain index k (ᾱ_s = ᾱ_k) to ᾱ_t = ᾱ_{k−1}.
+
+    With h = λ_t − λ_s, the step is x_t = (σ_t/σ_s)·x − α_t·(e^{−h} − 1)·D, where D = x̂₀ on the
+    first step (first order) and, after it, D = (1 + 1/(2r))·x̂₀ − 1/(2r)·x̂₀' with x̂₀' the previous
+    step's prediction at λ' and r = (λ_s − λ')/h. One model evaluation per step. The step from chain
+    index 0 goes to ᾱ = 1 (σ_t = 0, λ_t = ∞), where the formula is x_t = x̂₀: it lands on x₀ as DDIM's
+    last step does (diffusers' `final_sigmas_type="zero"`, first order there).
+    """
+
+    name = "dpmpp-2m"
+    lookback = 1
+
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
+        x0 = predict_x0(diffusion, k, x, eps)
+        if k == 0:
+            return x0
+        ab_s, ab_t = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
+        lam_s = half_log_snr(ab_s)
+        h = half_log_snr(ab_t) - lam_s
+        d = x0
+        if history:
+            prev = history[-1]
+            half_over_r = 0.5 * h / (lam_s - half_log_snr(diffusion.alphas_cumprod[prev.k]))
+            d = (1 + half_over_r) * x0 - half_over_r * predict_x0(diffusion, prev.k, prev.x, prev.eps)
+        # e^{−h} − 1 as expm1: h is small at large K, where the difference would lose digits.
+        return math.sqrt((1 - ab_t) / (1 - ab_s)) * x - math.sqrt(ab_t) * math.expm1(-h) * d
 
 
 class StepPolicy(ABC):
@@ -107,6 +167,7 @@ def step_times(steps: int) -> tuple[float, ...]:
 SAMPLER_STEPS: Registry[SamplerStep] = Registry("sampler")
 SAMPLER_STEPS.register("ddpm", AncestralStep)
 SAMPLER_STEPS.register("ddim", DDIMStep)
+SAMPLER_STEPS.register("dpmpp-2m", DPMSolverPP2M)
 
 
 class Sampler:
@@ -114,7 +175,7 @@ class Sampler:
 
     Args:
         steps: number of sampling steps K.
-        step: the update rule (`AncestralStep` or `DDIMStep`).
+        step: the update rule (a `SamplerStep`, e.g. `DDIMStep`).
         guidance: classifier-free guidance settings.
     """
 
@@ -151,8 +212,10 @@ class Sampler:
         eps = torch.cat([guided, cond[:, g:C]], dim=1)
         return eps, cond[:, C:]
 
-    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator)
+    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None,
+               history: tuple[Past, ...] = ()) -> torch.Tensor:
+        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`)."""
+        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator, history)
 
     @torch.no_grad()
     def sample(
@@ -190,6 +253,7 @@ class Sampler:
                 # A policy may leave a step to the schedule (None) and reuse its outputs at an overridden one.
                 cache.keep_all = cache.keep_all or policy is not None
             x = noise
+            history: deque[Past] = deque(maxlen=self.step.lookback)  # maxlen 0 keeps nothing
             for i in range(self.steps):
                 if cache is not None:
                     cache.set_step(i)
@@ -203,7 +267,9 @@ class Sampler:
                 scale = 1.0 if cache is None else cache.schedule.eps_scale[i]
                 if scale != 1.0:
                     eps = eps * scale
-                x = self.update(i, x, eps, var_values, generator)
+                x_next = self.update(i, x, eps, var_values, generator, tuple(history))
+                history.append(Past(self.steps - 1 - i, x, eps))
+                x = x_next
                 if on_step is not None:
                     on_step(i)
             return x
@@ -213,7 +279,7 @@ class Sampler:
 
 
 def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
-    """`name` is "ddpm" (ancestral) or "ddim"; params go to the step (e.g. eta for ddim)."""
+    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m"); params go to the step (e.g. eta for ddim)."""
     step = SAMPLER_STEPS.make(name, **params)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
