@@ -159,6 +159,14 @@ def test_fresh_history_on_every_call(small_dit):
     assert torch.equal(first, sampler.sample(small_dit, noise, labels))
 
 
+def test_an_own_loop_without_history_fails_loudly():
+    sampler = make_sampler("dpmpp-2m", 4)
+    x = torch.randn(1, C, 4, 4)
+    assert sampler.update(0, x, x, x, None).shape == x.shape  # the first step has nothing to look back at
+    with pytest.raises(ValueError, match="dpmpp-2m looks back at 1 earlier step"):
+        sampler.update(1, x, x, x, None)
+
+
 def test_fora_caching_runs_with_dpmpp_2m(small_dit):
     sampler = make_sampler("dpmpp-2m", STEPS, Guidance(2.0, SMALL.num_classes))
     noise, labels = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 3])

@@ -214,7 +214,15 @@ class Sampler:
 
     def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None,
                history: tuple[Past, ...] = ()) -> torch.Tensor:
-        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`)."""
+        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`).
+
+        Raises:
+            ValueError: a multistep rule given fewer earlier steps than it looks back at (a loop of
+                one's own that forgot them would otherwise run it silently at first order).
+        """
+        if len(history) < min(i, self.step.lookback):
+            raise ValueError(f"{self.step.name} looks back at {self.step.lookback} earlier step(s) but step {i} got "
+                             f"{len(history)}; pass history=(Past(k, x, eps) of the previous steps) or use Sampler.sample")
         return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator, history)
 
     @torch.no_grad()
