@@ -20,6 +20,10 @@ schedulers = pytest.importorskip("diffusers.schedulers")
 
 STEPS = 8
 C = 4
+# diffusers' settings per solver; 3M keeps its order up to the last step (no `lower_order_final`).
+REFERENCE = {"dpmpp-2m": dict(solver_order=2, lower_order_final=True),
+             "dpmpp-3m": dict(solver_order=3, lower_order_final=False)}
+SOLVERS = sorted(REFERENCE)
 
 
 def reference(name: str, steps: int):
@@ -31,10 +35,9 @@ def reference(name: str, steps: int):
     four digits). So its table is checked against the chain's to 1e-3, then replaced by the chain's
     float64 σ's, and the trajectories compare the solvers' arithmetic.
     """
-    common = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                  prediction_type="epsilon", solver_order=2, final_sigmas_type="zero")
-    scheduler = schedulers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint",
-                                                       lower_order_final=True, **common)
+    scheduler = schedulers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon",
+        algorithm_type="dpmsolver++", solver_type="midpoint", final_sigmas_type="zero", **REFERENCE[name])
     diffusion = make_sampler(name, steps).diffusion
     timesteps = list(reversed(diffusion.timestep_map))
     scheduler.set_timesteps(timesteps=timesteps)
@@ -103,72 +106,86 @@ def max_error(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
 
 
-@pytest.mark.parametrize("steps", [1, 2, 3, 6, 10, 25, 50])
-def test_dpmpp_2m_matches_diffusers_step_by_step(steps):
+@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 6, 10, 25, 50])
+def test_solver_matches_diffusers_step_by_step(name, steps):
     model = GaussianDataEps()
     noise = torch.randn(2, C, 4, 4, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
     labels = torch.zeros(2, dtype=torch.long)
-    sampler = make_sampler("dpmpp-2m", steps)
+    sampler = make_sampler(name, steps)
     ours = ebtune_trajectory(sampler, model, noise, labels)
-    theirs = diffusers_trajectory(reference("dpmpp-2m", steps), lambda i, x, t: model(x, t.expand(len(x)))[:, :C], noise)
+    theirs = diffusers_trajectory(reference(name, steps), lambda i, x, t: model(x, t.expand(len(x)))[:, :C], noise)
     err = max_error(ours, theirs)
-    print(f"dpmpp-2m K={steps}: max |ebtune - diffusers| over the trajectory = {err:.2e}")
+    print(f"{name} K={steps}: max |ebtune - diffusers| over the trajectory = {err:.2e}")
     assert err < 1e-5
 
 
-def test_dpmpp_2m_with_guidance_and_eps_scaling_matches_diffusers():
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solver_with_guidance_and_eps_scaling_matches_diffusers(name):
     """The solver consumes the guided, scaled ε: diffusers fed ebtune's guided ε times the schedule's
     factor at each step agrees with ebtune's loop under that schedule (a float64 randomised DiT).
 
     A random DiT's ε denoises nothing, so x grows to hundreds; diffusers rounds x to float32 in its
     step, so the bound is relative: 1e-6 of the largest |x| (float32 keeps ~6e-8)."""
     model = randomised(DiT(SMALL)).double()
-    sampler = make_sampler("dpmpp-2m", STEPS, Guidance(2.5, SMALL.num_classes, channels=3))
+    sampler = make_sampler(name, STEPS, Guidance(2.5, SMALL.num_classes, channels=3))
     noise = torch.randn(3, C, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     labels = torch.tensor([0, 2, 4])
     factors = np.linspace(1.0, 0.95, STEPS)
     schedule = no_cache(STEPS, SMALL.depth).with_eps_scale(factors)
     ours = ebtune_trajectory(sampler, model, noise, labels, schedule)
-    theirs = diffusers_trajectory(reference("dpmpp-2m", STEPS),
+    theirs = diffusers_trajectory(reference(name, STEPS),
                                   lambda i, x, t: factors[i] * sampler.model_output(model, x, i, labels)[0], noise)
     err = max_error(ours, theirs)
     scale = max(float(x.abs().max()) for x in ours)
-    print(f"dpmpp-2m K={STEPS}, cfg 2.5, eps scaled: max |ebtune - diffusers| = {err:.2e} (max |x| {scale:.0f})")
+    print(f"{name} K={STEPS}, cfg 2.5, eps scaled: max |ebtune - diffusers| = {err:.2e} (max |x| {scale:.0f})")
     assert err < 1e-6 * scale
     unscaled = sampler.sample(model, noise, labels)
     assert (unscaled - ours[-1]).abs().max() > 1e-3  # the factors reached the solver
 
 
-def test_dpmpp_2m_is_second_order_after_the_first_step():
-    """Against a single first-order (DDIM-like) step, the multistep correction changes x from step 1
-    on, and step 0 (no history) and the last step (to x̂₀) are first order as DDIM's are."""
+@pytest.mark.parametrize("name", SOLVERS)
+def test_multistep_after_the_first_step(name):
+    """Step 0 has no history, so it is first order: DPM-Solver++(1) is DDIM; from step 1 on the
+    multistep correction moves x away from DDIM's."""
     model = GaussianDataEps()
     noise = torch.randn(2, C, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     labels = torch.zeros(2, dtype=torch.long)
-    dpm = ebtune_trajectory(make_sampler("dpmpp-2m", 6), model, noise, labels)
+    dpm = ebtune_trajectory(make_sampler(name, 6), model, noise, labels)
     ddim = ebtune_trajectory(make_sampler("ddim", 6), model, noise, labels)
     torch.testing.assert_close(dpm[0], ddim[0], rtol=1e-12, atol=1e-12)  # DPM-Solver++(1) is DDIM
     assert (dpm[1] - ddim[1]).abs().max() > 1e-6
 
 
-def test_fresh_history_on_every_call(small_dit):
-    sampler = make_sampler("dpmpp-2m", STEPS, Guidance(2.0, SMALL.num_classes))
+def test_3m_departs_from_2m_at_its_third_step():
+    model = GaussianDataEps()
+    noise = torch.randn(2, C, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.zeros(2, dtype=torch.long)
+    two, three = (ebtune_trajectory(make_sampler(name, 6), model, noise, labels) for name in ("dpmpp-2m", "dpmpp-3m"))
+    assert torch.equal(two[1], three[1]) and (two[2] - three[2]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_fresh_history_on_every_call(name, small_dit):
+    sampler = make_sampler(name, STEPS, Guidance(2.0, SMALL.num_classes))
     noise, labels = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1])
     first = sampler.sample(small_dit, noise, labels)
     sampler.sample(small_dit, torch.randn_like(noise), labels)
     assert torch.equal(first, sampler.sample(small_dit, noise, labels))
 
 
-def test_an_own_loop_without_history_fails_loudly():
-    sampler = make_sampler("dpmpp-2m", 4)
+@pytest.mark.parametrize("name", SOLVERS)
+def test_an_own_loop_without_history_fails_loudly(name):
+    sampler = make_sampler(name, 4)
     x = torch.randn(1, C, 4, 4)
     assert sampler.update(0, x, x, x, None).shape == x.shape  # the first step has nothing to look back at
-    with pytest.raises(ValueError, match="dpmpp-2m looks back at 1 earlier step"):
+    with pytest.raises(ValueError, match=f"{name} looks back at {sampler.step.lookback} earlier step"):
         sampler.update(1, x, x, x, None)
 
 
-def test_fora_caching_runs_with_dpmpp_2m(small_dit):
-    sampler = make_sampler("dpmpp-2m", STEPS, Guidance(2.0, SMALL.num_classes))
+@pytest.mark.parametrize("name", SOLVERS)
+def test_fora_caching_runs_with_each_solver(name, small_dit):
+    sampler = make_sampler(name, STEPS, Guidance(2.0, SMALL.num_classes))
     noise, labels = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 3])
     plain = sampler.sample(small_dit, noise, labels)
     cached = sampler.sample(small_dit, noise, labels, fora(ScheduleContext(STEPS, SMALL.depth, sampler.times), interval=2))
@@ -176,7 +193,8 @@ def test_fora_caching_runs_with_dpmpp_2m(small_dit):
     assert 0 < float((cached - plain).abs().max()) < float(plain.abs().max())
 
 
-def test_a_policys_trials_leave_the_solver_history_alone(small_dit):
+@pytest.mark.parametrize("name", SOLVERS)
+def test_a_policys_trials_leave_the_solver_history_alone(name, small_dit):
     """A policy that evaluates every candidate state before choosing gives the result of the same
     choices made statically: trials evaluate the model only and never reach the solver's history."""
     choices = [(True, True), (False, True), (True, False), (True, True), (False, False), (True, True), (False, True),
@@ -188,7 +206,7 @@ def test_a_policys_trials_leave_the_solver_history_alone(small_dit):
                 trial(state)
             return choices[i]
 
-    sampler = make_sampler("dpmpp-2m", STEPS, Guidance(2.0, SMALL.num_classes))
+    sampler = make_sampler(name, STEPS, Guidance(2.0, SMALL.num_classes))
     noise, labels = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([1, 2])
     static = Schedule.from_step_masks([a for a, _ in choices], [m for _, m in choices], SMALL.depth)
     got = sampler.sample(small_dit, noise, labels, no_cache(STEPS, SMALL.depth), policy=TryAll())

@@ -115,35 +115,60 @@ def half_log_snr(alpha_bar: float) -> float:
     return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
 
 
-@dataclass(frozen=True)
-class DPMSolverPP2M(SamplerStep):
-    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2): multistep, second order, on
-    the data prediction x̂₀ = (x − σ_s ε)/α_s, from chain index k (ᾱ_s = ᾱ_k) to ᾱ_t = ᾱ_{k−1}.
+class DPMSolverPP(SamplerStep):
+    """Multistep DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095) on the data prediction
+    x̂₀ = (x − σ_s ε)/α_s, from chain index k (ᾱ_s = ᾱ_k) to ᾱ_t = ᾱ_{k−1}, of order 1 + the earlier
+    steps it has (at most `lookback`): one model evaluation per step, so the first steps warm up at
+    lower order.
 
-    With h = λ_t − λ_s, the step is x_t = (σ_t/σ_s)·x − α_t·(e^{−h} − 1)·D, where D = x̂₀ on the
-    first step (first order) and, after it, D = (1 + 1/(2r))·x̂₀ − 1/(2r)·x̂₀' with x̂₀' the previous
-    step's prediction at λ' and r = (λ_s − λ')/h. One model evaluation per step. The step from chain
-    index 0 goes to ᾱ = 1 (σ_t = 0, λ_t = ∞), where the formula is x_t = x̂₀: it lands on x₀ as DDIM's
-    last step does (diffusers' `final_sigmas_type="zero"`, first order there).
+    With h = λ_t − λ_s, φ = e^{−h} − 1, earlier predictions x̂₀', x̂₀'' at λ', λ'' and
+    r₀ = (λ_s − λ')/h, r₁ = (λ' − λ'')/h, D₁' = (x̂₀ − x̂₀')/r₀, D₁'' = (x̂₀' − x̂₀'')/r₁:
+    - order 1 (DDIM): x_t = (σ_t/σ_s)·x − α_t·φ·x̂₀;
+    - order 2 (Algorithm 2, "2M"): x̂₀ above becomes x̂₀ + D₁'/2;
+    - order 3 ("3M", the multistep third-order update of DPM-Solver, Lu et al. 2022a, arXiv 2206.00927,
+      in data prediction): x_t = (σ_t/σ_s)·x − α_t·φ·x̂₀ + α_t·(φ/h + 1)·D₁ − α_t·((φ + h)/h² − ½)·D₂
+      with D₁ = D₁' + r₀/(r₀ + r₁)·(D₁' − D₁''), D₂ = (D₁' − D₁'')/(r₀ + r₁).
+    The step from chain index 0 goes to ᾱ = 1 (σ_t = 0, λ_t = ∞), where every order gives x_t = x̂₀:
+    it lands on x₀ as DDIM's last step does (diffusers' `final_sigmas_type="zero"`).
     """
-
-    name = "dpmpp-2m"
-    lookback = 1
 
     def update(self, diffusion, k, x, eps, var_values, generator, history):
         x0 = predict_x0(diffusion, k, x, eps)
         if k == 0:
             return x0
-        ab_s, ab_t = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
-        lam_s = half_log_snr(ab_s)
-        h = half_log_snr(ab_t) - lam_s
-        d = x0
-        if history:
-            prev = history[-1]
-            half_over_r = 0.5 * h / (lam_s - half_log_snr(diffusion.alphas_cumprod[prev.k]))
-            d = (1 + half_over_r) * x0 - half_over_r * predict_x0(diffusion, prev.k, prev.x, prev.eps)
-        # e^{−h} − 1 as expm1: h is small at large K, where the difference would lose digits.
-        return math.sqrt((1 - ab_t) / (1 - ab_s)) * x - math.sqrt(ab_t) * math.expm1(-h) * d
+        ab_t = diffusion.alphas_cumprod_prev[k]
+        pasts = [(k, x0)] + [(p.k, predict_x0(diffusion, p.k, p.x, p.eps)) for p in reversed(history)]
+        lam = [half_log_snr(diffusion.alphas_cumprod[j]) for j, _ in pasts]  # λ_s, λ', λ''
+        h = half_log_snr(ab_t) - lam[0]
+        phi = math.expm1(-h)  # e^{−h} − 1 without the cancellation at small h (large K)
+        base = math.sqrt((1 - ab_t) / (1 - diffusion.alphas_cumprod[k])) * x
+        a_t = math.sqrt(ab_t)
+        if len(pasts) == 1:
+            return base - a_t * phi * x0
+        d1 = (x0 - pasts[1][1]) * (h / (lam[0] - lam[1]))  # D₁'
+        if len(pasts) == 2:
+            return base - a_t * phi * (x0 + 0.5 * d1)
+        r0, r1 = (lam[0] - lam[1]) / h, (lam[1] - lam[2]) / h
+        diff = d1 - (pasts[1][1] - pasts[2][1]) / r1  # D₁' − D₁''
+        return (base - a_t * phi * x0 + a_t * (phi / h + 1) * (d1 + r0 / (r0 + r1) * diff)
+                - a_t * ((phi + h) / h**2 - 0.5) * diff / (r0 + r1))
+
+
+@dataclass(frozen=True)
+class DPMSolverPP2M(DPMSolverPP):
+    """DPM-Solver++(2M): second order from the second step on (see `DPMSolverPP`)."""
+
+    name = "dpmpp-2m"
+    lookback = 1
+
+
+@dataclass(frozen=True)
+class DPMSolverPP3M(DPMSolverPP):
+    """DPM-Solver++(3M): third order from the third step on, with no lowered order near the end
+    beyond the last step's x̂₀ (diffusers' `lower_order_final` lowers the second-to-last below 15 steps)."""
+
+    name = "dpmpp-3m"
+    lookback = 2
 
 
 class StepPolicy(ABC):
@@ -168,6 +193,7 @@ SAMPLER_STEPS: Registry[SamplerStep] = Registry("sampler")
 SAMPLER_STEPS.register("ddpm", AncestralStep)
 SAMPLER_STEPS.register("ddim", DDIMStep)
 SAMPLER_STEPS.register("dpmpp-2m", DPMSolverPP2M)
+SAMPLER_STEPS.register("dpmpp-3m", DPMSolverPP3M)
 
 
 class Sampler:
@@ -287,7 +313,7 @@ class Sampler:
 
 
 def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
-    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m"); params go to the step (e.g. eta for ddim)."""
+    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"); params go to the step (e.g. eta for ddim)."""
     step = SAMPLER_STEPS.make(name, **params)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
