@@ -118,8 +118,10 @@ def half_log_snr(alpha_bar: float) -> float:
 class DPMSolverPP(SamplerStep):
     """Multistep DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095) on the data prediction
     x̂₀ = (x − σ_s ε)/α_s, from chain index k (ᾱ_s = ᾱ_k) to ᾱ_t = ᾱ_{k−1}, of order 1 + the earlier
-    steps it has (at most `lookback`): one model evaluation per step, so the first steps warm up at
-    lower order.
+    steps it has (at most `lookback`) and at most the k + 1 steps left: one model evaluation per step,
+    so the first steps warm up at lower order, and 3M's second-to-last step is second order, because
+    the last jump in λ (to chain index 0) is the largest and a third-order extrapolation over it
+    spoils few-step samples (docs/solvers.md; diffusers' `lower_order_final` does this below 15 steps).
 
     With h = λ_t − λ_s, φ = e^{−h} − 1, earlier predictions x̂₀', x̂₀'' at λ', λ'' and
     r₀ = (λ_s − λ')/h, r₁ = (λ' − λ'')/h, D₁' = (x̂₀ − x̂₀')/r₀, D₁'' = (x̂₀' − x̂₀'')/r₁:
@@ -137,7 +139,7 @@ class DPMSolverPP(SamplerStep):
         if k == 0:
             return x0
         ab_t = diffusion.alphas_cumprod_prev[k]
-        pasts = [(k, x0)] + [(p.k, predict_x0(diffusion, p.k, p.x, p.eps)) for p in reversed(history)]
+        pasts = [(k, x0)] + [(p.k, predict_x0(diffusion, p.k, p.x, p.eps)) for p in reversed(history[-k:])]
         lam = [half_log_snr(diffusion.alphas_cumprod[j]) for j, _ in pasts]  # λ_s, λ', λ''
         h = half_log_snr(ab_t) - lam[0]
         phi = math.expm1(-h)  # e^{−h} − 1 without the cancellation at small h (large K)
@@ -164,8 +166,7 @@ class DPMSolverPP2M(DPMSolverPP):
 
 @dataclass(frozen=True)
 class DPMSolverPP3M(DPMSolverPP):
-    """DPM-Solver++(3M): third order from the third step on, with no lowered order near the end
-    beyond the last step's x̂₀ (diffusers' `lower_order_final` lowers the second-to-last below 15 steps)."""
+    """DPM-Solver++(3M): third order from the third step to the third-to-last (see `DPMSolverPP`)."""
 
     name = "dpmpp-3m"
     lookback = 2
