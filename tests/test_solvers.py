@@ -16,8 +16,6 @@ from ebtune.schedules import ScheduleContext, fora
 
 from .conftest import SMALL, randomised
 
-schedulers = pytest.importorskip("diffusers.schedulers")
-
 STEPS = 8
 C = 4
 # diffusers' solver order per solver; `lower_order_final` lowers 3M's second-to-last step to second
@@ -39,9 +37,11 @@ def reference(name: str, steps: int):
     four digits). So its table is checked against the chain's to 1e-3, then replaced by the chain's
     float64 σ's, and the trajectories compare the solvers' arithmetic.
     """
+    schedulers = pytest.importorskip("diffusers.schedulers")  # only the reference tests need diffusers
     scheduler = schedulers.DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon",
-        algorithm_type="dpmsolver++", solver_type="midpoint", final_sigmas_type="zero", solver_order=ORDER[name], lower_order_final=True)
+        algorithm_type="dpmsolver++", solver_type="midpoint", final_sigmas_type="zero", solver_order=ORDER[name],
+        lower_order_final=True)
     diffusion = make_sampler(name, steps).diffusion
     timesteps = list(reversed(diffusion.timestep_map))
     scheduler.set_timesteps(timesteps=timesteps)
@@ -193,7 +193,8 @@ def test_fora_caching_runs_with_each_solver(name, small_dit):
     sampler = make_sampler(name, STEPS, Guidance(2.0, SMALL.num_classes))
     noise, labels = torch.randn(2, C, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 3])
     plain = sampler.sample(small_dit, noise, labels)
-    cached = sampler.sample(small_dit, noise, labels, fora(ScheduleContext(STEPS, SMALL.depth, sampler.times), interval=2))
+    schedule = fora(ScheduleContext(STEPS, SMALL.depth, sampler.times), interval=2)
+    cached = sampler.sample(small_dit, noise, labels, schedule)
     assert torch.isfinite(cached).all()
     assert 0 < float((cached - plain).abs().max()) < float(plain.abs().max())
 

@@ -249,7 +249,8 @@ class Sampler:
         """
         if len(history) < min(i, self.step.lookback):
             raise ValueError(f"{self.step.name} looks back at {self.step.lookback} earlier step(s) but step {i} got "
-                             f"{len(history)}; pass history=(Past(k, x, eps) of the previous steps) or use Sampler.sample")
+                             f"{len(history)}; pass history=(Past(k, x, eps) of the previous steps) "
+                             "or use Sampler.sample")
         return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator, history)
 
     @torch.no_grad()
@@ -314,7 +315,8 @@ class Sampler:
 
 
 def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
-    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"); params go to the step (e.g. eta for ddim)."""
+    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"); params go to the step
+    (e.g. eta for ddim)."""
     step = SAMPLER_STEPS.make(name, **params)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
