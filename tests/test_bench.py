@@ -34,13 +34,14 @@ def test_settings_parse_lists_quotes_and_schedule_files():
     assert (s.model, s.batch, s.precision, s.compile) == ("dit-xl", (1, 8, 32), ("bf16",), True)
     assert s.schedules == ("none", "fora2", "file:tuned.json")
     assert parse_settings([]).schedules == SCHEDULE_NAMES
+    assert (parse_settings([]).sampler, parse_settings(["sampler=dpmpp-2m"]).sampler) == ("ddim", "dpmpp-2m")
 
 
 @pytest.mark.parametrize("token, message", [
     ("steps", "key=value"), ("color=red", "unknown override"), ("precision=fp8", "unknown precision"),
     ("schedules=[fora2]", "must include none"), ("batch=[0]", "not a valid"), ("model=dit-q", "unknown model"),
     ("compile=yes", "not a valid"), ("schedules=[none,fora4]", "unknown schedule"), ("memory_gib=0", "not a valid"),
-    ("memory_gib=inf", "not a valid"),
+    ("memory_gib=inf", "not a valid"), ("sampler=euler", "unknown sampler 'euler'; choose one of: ddpm, ddim"),
 ])
 def test_bad_settings_are_one_line_errors(token, message):
     with pytest.raises(ConfigError, match=message):
@@ -79,7 +80,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
 import ebtune.cli
-sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=[1,2]", "precision=[fp32,tf32]", "repeats=1", "warmup=0",
+sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "sampler=dpmpp-2m", "batch=[1,2]", "precision=[fp32,tf32]", "repeats=1", "warmup=0",
                           "schedules=[none,fora2,ebcache-table]", "out={tmp_path}"]))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -91,7 +92,7 @@ sys.exit(ebtune.cli.main(["bench", "model=dit-tiny", "steps=3", "batch=[1,2]", "
     assert [(r["precision"], r["batch"], r["schedule"]) for r in rows] == [
         (p, b, s) for p in ("fp32", "tf32") for b in (1, 2) for s in ("none", "fora2", "ebcache-table")]
     for key in ("seconds", "speedup", "ideal", "time_ideal", "efficiency", "time_efficiency", "device", "precision",
-                "batch", "peak_mem_bytes", "torch", "compiled"):
+                "batch", "peak_mem_bytes", "torch", "compiled", "sampler"):
         assert all(key in r for r in rows), key
     assert all(r["speedup"] == 1.0 for r in rows[::3]) and rows[1]["ideal"] > 1.2
 

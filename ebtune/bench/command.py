@@ -28,14 +28,15 @@ from ebtune.core.dit import DiT
 from ebtune.errors import ConfigError
 from ebtune.io.atomic import write_json
 from ebtune.run.loading import ModelSpec
-from ebtune.sampling.samplers import Guidance, make_sampler
+from ebtune.sampling.samplers import SAMPLER_STEPS, Guidance, make_sampler
 from ebtune.schedules import ScheduleContext, make_schedule
 
 MAX_BATCH_CAP = 1 << 14
 
 HELP = (
     "Time sampling under each schedule against no cache; print a table and write a JSON list of rows to out=DIR. "
-    "Settings: model=<config name, e.g. dit-tiny, dit-xl; random weights> steps=50 batch=N or [1,8,32] "
+    "Settings: model=<config name, e.g. dit-tiny, dit-xl; random weights> steps=50 "
+    f"sampler={'|'.join(SAMPLER_STEPS.choices())} (default {BenchSettings.sampler}) batch=N or [1,8,32] "
     "precision=fp32|tf32|bf16 (or a list; tf32: float32 weights, TF32 matmuls) 'schedules=[none,attn-only,mlp-only,fora2,fora3,ebcache-table,file:PATH]' "
     "schedule_file=PATH compile=true|false (torch.compile each block per cache state) cuda_graphs=true|false "
     "(with compile=true, CUDA only: one CUDA graph per step pattern) versus_eager=true|false (with compile=true: "
@@ -84,13 +85,15 @@ def bench_rows(settings: BenchSettings, device: torch.device) -> Iterator[list[d
             if fast is not None:
                 torch._dynamo.reset()  # 4 graphs per shape; a fresh shape must not meet the recompile limit
             with matmul_precision(precision):
-                setup = make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], fast)
-                eager = (make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], None)
+                setup = make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], fast,
+                                   settings.sampler)
+                eager = (make_setup(spec.config, settings.steps, batch, _guidance(spec), device, DTYPES[precision], None,
+                                    settings.sampler)
                          if settings.versus_eager else None)
                 names = list(settings.schedules)
                 schedules = [bench_schedule(n, spec.name, spec.config, setup.sampler) for n in names]
                 rows = measure(setup, names, schedules, settings.repeats, settings.warmup, eager)
-            yield [{**row, "model": spec.name, "steps": settings.steps, "batch": batch, "precision": precision,
+            yield [{**row, "model": spec.name, "sampler": settings.sampler, "steps": settings.steps, "batch": batch, "precision": precision,
                     "device": _device_name(device), "compiled": settings.compile, "cuda_graphs": settings.cuda_graphs,
                     "torch": torch.__version__} for row in rows]
             del setup, eager, fast, schedules  # the CUDA graphs (pool, static buffers) go with `fast`
@@ -185,7 +188,7 @@ def main(tokens: Sequence[str]) -> int:
     mode = (("compiled-graphs" if settings.cuda_graphs else "compiled") + ("-vs-eager" if settings.versus_eager else "")
             if settings.compile else "eager")
     tag = f"{settings.model}-{device.type}-{'_'.join(settings.precision)}-b{'_'.join(map(str, settings.batch))}-{mode}"
-    print(f"{settings.model}, {settings.steps} steps DDIM, {_device_name(device)}, {mode}, torch {torch.__version__}")
+    print(f"{settings.model}, {settings.steps} steps {settings.sampler}, {_device_name(device)}, {mode}, torch {torch.__version__}")
     path, rows = out / f"bench-{tag}.json", []
     for configuration in bench_rows(settings, device):
         _print_table(configuration, header=not rows)

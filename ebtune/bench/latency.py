@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ebtune.bench.memory import METHODS, TensorPeak, peak_bytes, reset_peak
-from ebtune.bench.settings import FILE_PREFIX
+from ebtune.bench.settings import FILE_PREFIX, BenchSettings
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
 from ebtune.core.dit import DiT, DiTConfig
@@ -163,12 +163,12 @@ class Setup:
 
 
 def make_setup(config: DiTConfig, steps: int, batch: int, guidance: Guidance, device: torch.device,
-               dtype: torch.dtype, fast: FastPath | None) -> Setup:
+               dtype: torch.dtype, fast: FastPath | None, sampler: str = BenchSettings.sampler) -> Setup:
     model = random_model(config, device, dtype)
     generator = torch.Generator(device="cpu").manual_seed(0)
     noise = torch.randn(batch, config.in_channels, config.input_size, config.input_size, generator=generator)
     labels = torch.arange(batch) % config.num_classes
-    return Setup(model, make_sampler("ddim", steps, guidance), noise.to(device, dtype), labels.to(device), fast)
+    return Setup(model, make_sampler(sampler, steps, guidance), noise.to(device, dtype), labels.to(device), fast)
 
 
 def cache_bytes(config: DiTConfig, model_batch: int, dtype: torch.dtype) -> int:

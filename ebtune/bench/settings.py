@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from ebtune.errors import ConfigError
 from ebtune.run.loading import ModelSpec
 from ebtune.run.overrides import settings
+from ebtune.sampling.samplers import SAMPLER_STEPS
 
 MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -95,6 +96,7 @@ class BenchSettings:
 
     model: str = "dit-tiny"
     steps: int = 50
+    sampler: str = "ddim"  # a SAMPLER_STEPS name, with its default parameters
     batch: tuple[int, ...] = (32,)
     precision: tuple[str, ...] = ("fp32",)
     schedules: tuple[str, ...] = SCHEDULE_NAMES
@@ -112,6 +114,7 @@ class BenchSettings:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def __post_init__(self) -> None:
+        SAMPLER_STEPS.get(self.sampler)  # an unknown name lists the valid ones
         for p in self.precision:
             if p not in PRECISIONS:
                 raise ConfigError(f"unknown precision {p!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -127,7 +130,7 @@ class BenchSettings:
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
-    "model": str, "steps": count, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
+    "model": str, "steps": count, "sampler": str, "batch": counts, "precision": names, "schedules": names, "schedule_file": str,
     "compile": boolean, "cuda_graphs": boolean, "versus_eager": boolean, "out": str, "device": str, "repeats": count, "warmup": int, "max_batch": boolean,
     "threads": count, "memory_gib": positive,
 }

@@ -3,12 +3,14 @@
 The loop owns the noise generator, the respaced timesteps, classifier-free guidance (DiT's doubled
 batch with the null label, guidance on the first `channels` ε channels), the cache lifecycle and the
 single ε-scale hook, which rescales the guided ε before the sampler step. Sampling step i runs chain
-index K−1−i, so step 0 is the noisiest.
+index K−1−i, so step 0 is the noisiest. A multistep rule (DPM-Solver++) also sees the loop's last few
+steps as it consumed them (`Past`); the loop owns that history and starts it empty each call.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,17 +40,39 @@ class Guidance:
         return self.scale > 1.0
 
 
+@dataclass(frozen=True)
+class Past:
+    """One earlier step of the running loop, as its step consumed it: chain index k, the input x and
+    the guided, scaled ε, each (N, C, H, W). Read-only; the loop drops it when it runs out of lookback."""
+
+    k: int
+    x: torch.Tensor
+    eps: torch.Tensor
+
+
 class SamplerStep(ABC):
-    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels."""
+    """x_{k} → x_{k−1} given the guided, scaled ε and the variance channels.
+
+    `lookback` is how many earlier steps of the same loop `update` sees in `history` (newest last);
+    0, the default, for one-step rules, which then receive `()`. The loop keeps that history, starts
+    it empty on every `Sampler.sample` and appends to it only after a step's update, so a step
+    policy's trial evaluations never enter it.
+    """
 
     name: str  # the registry name, recorded with every result
+    lookback: int = 0
 
     @abstractmethod
     def update(
         self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, history: tuple[Past, ...],
     ) -> torch.Tensor:
         """One reverse step at chain index k (k = 0 is the last)."""
+
+
+def predict_x0(diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x̂₀ = (x − sqrt(1−ᾱ_k)·ε) / sqrt(ᾱ_k), the data prediction at chain index k."""
+    return diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
 
 
 class AncestralStep(SamplerStep):
@@ -56,7 +80,7 @@ class AncestralStep(SamplerStep):
 
     name = "ddpm"
 
-    def update(self, diffusion, k, x, eps, var_values, generator):
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
         mean, _, log_var = diffusion.p_mean_variance(x, t, eps, var_values)
         if k == 0:
@@ -76,14 +100,76 @@ class DDIMStep(SamplerStep):
         if self.eta < 0:
             raise ValueError(f"ddim eta must be >= 0, got {self.eta}")
 
-    def update(self, diffusion, k, x, eps, var_values, generator):
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
         ab, ab_prev = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
-        x0 = diffusion.sqrt_recip_alphas_cumprod[k] * x - diffusion.sqrt_recipm1_alphas_cumprod[k] * eps
+        x0 = predict_x0(diffusion, k, x, eps)
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         mean = x0 * math.sqrt(ab_prev) + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if k == 0 or sigma == 0:
             return mean
         return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def half_log_snr(alpha_bar: float) -> float:
+    """λ = log(α/σ) with α = sqrt(ᾱ), σ = sqrt(1 − ᾱ) (DPM-Solver's time variable), in float64."""
+    return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
+
+
+class DPMSolverPP(SamplerStep):
+    """Multistep DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095) on the data prediction
+    x̂₀ = (x − σ_s ε)/α_s, from chain index k (ᾱ_s = ᾱ_k) to ᾱ_t = ᾱ_{k−1}, of order 1 + the earlier
+    steps it has (at most `lookback`) and at most the k + 1 steps left: one model evaluation per step,
+    so the first steps warm up at lower order, and 3M's second-to-last step is second order, because
+    the last jump in λ (to chain index 0) is the largest and a third-order extrapolation over it
+    spoils few-step samples (docs/solvers.md; diffusers' `lower_order_final` does this below 15 steps).
+
+    With h = λ_t − λ_s, φ = e^{−h} − 1, earlier predictions x̂₀', x̂₀'' at λ', λ'' and
+    r₀ = (λ_s − λ')/h, r₁ = (λ' − λ'')/h, D₁' = (x̂₀ − x̂₀')/r₀, D₁'' = (x̂₀' − x̂₀'')/r₁:
+    - order 1 (DDIM): x_t = (σ_t/σ_s)·x − α_t·φ·x̂₀;
+    - order 2 (Algorithm 2, "2M"): x̂₀ above becomes x̂₀ + D₁'/2;
+    - order 3 ("3M", the multistep third-order update of DPM-Solver, Lu et al. 2022a, arXiv 2206.00927,
+      in data prediction): x_t = (σ_t/σ_s)·x − α_t·φ·x̂₀ + α_t·(φ/h + 1)·D₁ − α_t·((φ + h)/h² − ½)·D₂
+      with D₁ = D₁' + r₀/(r₀ + r₁)·(D₁' − D₁''), D₂ = (D₁' − D₁'')/(r₀ + r₁).
+    The step from chain index 0 goes to ᾱ = 1 (σ_t = 0, λ_t = ∞), where every order gives x_t = x̂₀:
+    it lands on x₀ as DDIM's last step does (diffusers' `final_sigmas_type="zero"`).
+    """
+
+    def update(self, diffusion, k, x, eps, var_values, generator, history):
+        x0 = predict_x0(diffusion, k, x, eps)
+        if k == 0:
+            return x0
+        ab_t = diffusion.alphas_cumprod_prev[k]
+        pasts = [(k, x0)] + [(p.k, predict_x0(diffusion, p.k, p.x, p.eps)) for p in reversed(history[-k:])]
+        lam = [half_log_snr(diffusion.alphas_cumprod[j]) for j, _ in pasts]  # λ_s, λ', λ''
+        h = half_log_snr(ab_t) - lam[0]
+        phi = math.expm1(-h)  # e^{−h} − 1 without the cancellation at small h (large K)
+        base = math.sqrt((1 - ab_t) / (1 - diffusion.alphas_cumprod[k])) * x
+        a_t = math.sqrt(ab_t)
+        if len(pasts) == 1:
+            return base - a_t * phi * x0
+        d1 = (x0 - pasts[1][1]) * (h / (lam[0] - lam[1]))  # D₁'
+        if len(pasts) == 2:
+            return base - a_t * phi * (x0 + 0.5 * d1)
+        r0, r1 = (lam[0] - lam[1]) / h, (lam[1] - lam[2]) / h
+        diff = d1 - (pasts[1][1] - pasts[2][1]) / r1  # D₁' − D₁''
+        return (base - a_t * phi * x0 + a_t * (phi / h + 1) * (d1 + r0 / (r0 + r1) * diff)
+                - a_t * ((phi + h) / h**2 - 0.5) * diff / (r0 + r1))
+
+
+@dataclass(frozen=True)
+class DPMSolverPP2M(DPMSolverPP):
+    """DPM-Solver++(2M): second order from the second step on (see `DPMSolverPP`)."""
+
+    name = "dpmpp-2m"
+    lookback = 1
+
+
+@dataclass(frozen=True)
+class DPMSolverPP3M(DPMSolverPP):
+    """DPM-Solver++(3M): third order from the third step to the third-to-last (see `DPMSolverPP`)."""
+
+    name = "dpmpp-3m"
+    lookback = 2
 
 
 class StepPolicy(ABC):
@@ -107,6 +193,8 @@ def step_times(steps: int) -> tuple[float, ...]:
 SAMPLER_STEPS: Registry[SamplerStep] = Registry("sampler")
 SAMPLER_STEPS.register("ddpm", AncestralStep)
 SAMPLER_STEPS.register("ddim", DDIMStep)
+SAMPLER_STEPS.register("dpmpp-2m", DPMSolverPP2M)
+SAMPLER_STEPS.register("dpmpp-3m", DPMSolverPP3M)
 
 
 class Sampler:
@@ -114,7 +202,7 @@ class Sampler:
 
     Args:
         steps: number of sampling steps K.
-        step: the update rule (`AncestralStep` or `DDIMStep`).
+        step: the update rule (a `SamplerStep`, e.g. `DDIMStep`).
         guidance: classifier-free guidance settings.
     """
 
@@ -151,8 +239,19 @@ class Sampler:
         eps = torch.cat([guided, cond[:, g:C]], dim=1)
         return eps, cond[:, C:]
 
-    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator)
+    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None,
+               history: tuple[Past, ...] = ()) -> torch.Tensor:
+        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`).
+
+        Raises:
+            ValueError: a multistep rule given fewer earlier steps than it looks back at (a loop of
+                one's own that forgot them would otherwise run it silently at first order).
+        """
+        if len(history) < min(i, self.step.lookback):
+            raise ValueError(f"{self.step.name} looks back at {self.step.lookback} earlier step(s) but step {i} got "
+                             f"{len(history)}; pass history=(Past(k, x, eps) of the previous steps) "
+                             "or use Sampler.sample")
+        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator, history)
 
     @torch.no_grad()
     def sample(
@@ -190,6 +289,7 @@ class Sampler:
                 # A policy may leave a step to the schedule (None) and reuse its outputs at an overridden one.
                 cache.keep_all = cache.keep_all or policy is not None
             x = noise
+            history: deque[Past] = deque(maxlen=self.step.lookback)  # maxlen 0 keeps nothing
             for i in range(self.steps):
                 if cache is not None:
                     cache.set_step(i)
@@ -203,7 +303,9 @@ class Sampler:
                 scale = 1.0 if cache is None else cache.schedule.eps_scale[i]
                 if scale != 1.0:
                     eps = eps * scale
-                x = self.update(i, x, eps, var_values, generator)
+                x_next = self.update(i, x, eps, var_values, generator, tuple(history))
+                history.append(Past(self.steps - 1 - i, x, eps))
+                x = x_next
                 if on_step is not None:
                     on_step(i)
             return x
@@ -213,7 +315,8 @@ class Sampler:
 
 
 def make_sampler(name: str, steps: int, guidance: Guidance = Guidance(), **params) -> Sampler:
-    """`name` is "ddpm" (ancestral) or "ddim"; params go to the step (e.g. eta for ddim)."""
+    """`name` is a `SAMPLER_STEPS` name ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m"); params go to the step
+    (e.g. eta for ddim)."""
     step = SAMPLER_STEPS.make(name, **params)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
