@@ -362,3 +362,21 @@ def test_apply_forecasts_with_fresh_histories_per_call(pipe):  # noqa: F811
         assert applied.current.attn_predictor == spec
     assert np.array_equal(first, second)
     assert not np.allclose(first, reused)
+
+
+def test_forecast_space_loads_and_every_point_builds():
+    import optuna
+
+    from ebtune.search.space import load_space
+
+    space = load_space("forecast")
+    ctx = ScheduleContext.linear(10, SMALL.depth)
+    space.check(ctx)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        params = space.suggest(study.ask())
+        schedule = space.to_schedule(params, ctx)
+        assert schedule.attn_predictor == PredictorSpec(params["attn_predictor"], params["attn_order"])
+    taylorseer = space.to_schedule(space.seeds[0], ctx)
+    assert taylorseer.attn == make_schedule("taylor", ctx).attn
+    assert (taylorseer.attn_predictor, taylorseer.mlp_predictor) == (PredictorSpec("taylor", 2),) * 2

@@ -3,13 +3,14 @@
 Layered on an attached `CachedModel`, as `step_counter` is: `FastPath().attach(cache)` replaces each
 block's `forward` with a dispatcher that asks the cache what the block does at this step
 (`cache.computes`), runs the compiled step for that state and keeps the branch outputs in the
-cache's own `CacheState`. A skipped branch's output comes from the cache's predictor, evaluated eagerly
-before the compiled step (a forecast is a few elementwise multiply-adds whose coefficients depend on
-the step), and enters the graph as the given tensor, exactly like a reused one. The four states (compute both, attention only, MLP only, reuse both) are
-four static-shape graphs; dynamo tells them apart by which branch outputs are passed in, and all
-blocks of one shape share them, so no cache decision breaks a graph or recompiles mid-run. A reused
-branch is not traced at all: its norm and modulate are skipped with it. The adaLN projection still
-runs whole, since its gates are needed either way and it is 6·D² of a block's ~12·T·D² MACs.
+cache's own `CacheState`. A skipped branch's output comes from the cache's predictor, evaluated
+eagerly before the compiled step (a forecast is a few elementwise multiply-adds whose coefficients
+depend on the step), and enters the graph as the given tensor, exactly like a reused one. The four
+states (compute both, attention only, MLP only, reuse both) are four static-shape graphs; dynamo
+tells them apart by which branch outputs are passed in, and all blocks of one shape share them, so
+no cache decision breaks a graph or recompiles mid-run. A reused branch is not traced at all: its
+norm and modulate are skipped with it. The adaLN projection still runs whole, since its gates are
+needed either way and it is 6·D² of a block's ~12·T·D² MACs.
 
 Dynamo keeps at most `torch._dynamo.config.recompile_limit` (8) graphs per function: two input
 shapes or dtypes. A process that samples more shapes calls `torch._dynamo.reset()` between them.

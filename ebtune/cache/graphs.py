@@ -19,9 +19,10 @@ its reused ones are only read, so the second run writes what the first did.
 
 Reuse only: a forecast (`Schedule.forecasts`) makes a new tensor from a history per step, which the
 static buffers do not hold; `FastPath(graphs=...)` refuses such a schedule (`require_reuse`), and the
-compiled fast path without graphs forecasts. Static schedules only: a `StepPolicy` (calibration) evaluates candidates under `what_if`, which
-restores the cache by swapping tensors, not by rewriting static buffers. One `CudaGraphs` serves one
-model at one input shape; the fast path (`FastPath(graphs=CudaGraphs())`) routes the model call here.
+compiled fast path without graphs forecasts. Static schedules only: a `StepPolicy` (calibration)
+evaluates candidates under `what_if`, which restores the cache by swapping tensors, not by rewriting
+static buffers. One `CudaGraphs` serves one model at one input shape; the fast path
+(`FastPath(graphs=CudaGraphs())`) routes the model call here.
 """
 from __future__ import annotations
 

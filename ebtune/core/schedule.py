@@ -56,7 +56,7 @@ REUSE = PredictorSpec()
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-step, per-block compute masks and per-step ε factors.
+    """Per-step, per-block compute masks, per-step ε factors and per-branch predictors.
 
     Args:
         attn: attn[i][b] is True when block b computes attention at step i (step 0 = first, noisiest).
@@ -154,6 +154,7 @@ class Schedule:
         return replace(self, name=name, params=tuple((params or {}).items()))
 
     def with_predictors(self, attn: PredictorSpec = REUSE, mlp: PredictorSpec = REUSE) -> "Schedule":
+        """The same masks with these predictors (no arguments: reuse on both branches)."""
         return replace(self, attn_predictor=attn, mlp_predictor=mlp)
 
     def describe(self) -> str:
