@@ -273,11 +273,27 @@ def test_schedule_file_v2_round_trips_predictors_and_v1_loads_as_reuse(tmp_path)
         load_schedule_file(path)
 
 
-def test_shipped_v1_file_still_loads_as_reuse():
+def test_v1_file_loads_as_reuse_and_both_schemas_hold(tmp_path):
+    """The shipped v1 file still validates against the v1 schema and loads as reuse; saved again it
+    is a v2 file that validates against the v2 schema, as a forecasting schedule's file does."""
     from pathlib import Path
 
-    file = load_schedule_file(Path(__file__).parents[1] / "bench" / "schedules" / "dit-tiny-knee.json")
+    import jsonschema
+
+    root = Path(__file__).parents[1]
+    schema = {v: json.loads((root / "schemas" / f"schedule.v{v}.schema.json").read_text()) for v in (1, 2)}
+    shipped = root / "bench" / "schedules" / "dit-tiny-knee.json"
+    jsonschema.validate(json.loads(shipped.read_text()), schema[1])
+    file = load_schedule_file(shipped)
     assert not file.schedule.forecasts
+    upgraded = json.loads(file.save(tmp_path / "v2.json").read_text())
+    jsonschema.validate(upgraded, schema[2])
+    assert upgraded["schedule"]["predictors"]["attn"] == {"name": "reuse", "order": 0}
+    forecasting = save_schedule_file(tmp_path / "f.json", _taylor_schedule(), model=MODEL,
+                                     sampler={"name": "ddim", "steps": 12}, eps_scale={"name": "none"})
+    jsonschema.validate(json.loads(forecasting.read_text()), schema[2])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(forecasting.read_text()), schema[1])
 
 
 def test_retarget_keeps_predictors():

@@ -80,7 +80,8 @@ class ScheduleFile:
             raise ScheduleFileError(f"the file's eps_scale form is not usable: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write this file again (byte-identical to the file it was loaded from)."""
+        """Write this file again: byte-identical to the version-2 file it was loaded from; a version-1
+        file is written as version 2 with reuse on both branches."""
         return save_schedule_file(
             path, self.schedule, model=self.model, sampler=self.sampler, eps_scale=self.eps_scale,
             search_params=self.search_params, provenance=self.provenance,
