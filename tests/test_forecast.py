@@ -253,7 +253,8 @@ def test_schedule_file_v2_round_trips_predictors_and_v1_loads_as_reuse(tmp_path)
                               eps_scale={"name": "none"})
     doc = json.loads(path.read_text())
     assert doc["format_version"] == 2
-    assert doc["schedule"]["predictors"] == {"attn": {"name": "taylor", "order": 2}, "mlp": {"name": "lagrange", "order": 1}}
+    assert doc["schedule"]["predictors"] == {"attn": {"name": "taylor", "order": 2},
+                                             "mlp": {"name": "lagrange", "order": 1}}
     loaded = load_schedule_file(path).schedule
     assert (loaded.attn_predictor, loaded.mlp_predictor) == (PredictorSpec("taylor", 2), PredictorSpec("lagrange", 1))
     assert loaded == sched.renamed(sched.name)
@@ -302,7 +303,8 @@ def test_retarget_keeps_predictors():
     for steps in (12, 20, 6, 2):
         target = [1 - i / max(steps - 1, 1) for i in range(steps)] if steps > 1 else [1.0]
         out, _ = retarget_steps(sched, steps, times, target)
-        assert (out.attn_predictor, out.mlp_predictor, out.name) == (sched.attn_predictor, sched.mlp_predictor, sched.name)
+        assert (out.attn_predictor, out.mlp_predictor) == (sched.attn_predictor, sched.mlp_predictor)
+        assert out.name == sched.name
     deeper, _ = retarget_depth(sched, 7)
     assert (deeper.depth, deeper.attn_predictor, deeper.mlp_predictor) == (7, sched.attn_predictor, sched.mlp_predictor)
     assert sched.with_eps_scale([0.99] * 12).attn_predictor == sched.attn_predictor
@@ -345,7 +347,8 @@ def test_history_bytes_count_o_plus_1_tensors_per_skipped_slot():
     assert history_bytes(SMALL, both, 4, torch.bfloat16) == 2 * SMALL.depth * output
     for order in (1, 2, 3):
         spec = PredictorSpec("taylor", order)
-        assert history_bytes(SMALL, both.with_predictors(spec, spec), 4, torch.bfloat16) == (order + 1) * 2 * SMALL.depth * output
+        forecasting = both.with_predictors(spec, spec)
+        assert history_bytes(SMALL, forecasting, 4, torch.bfloat16) == (order + 1) * 2 * SMALL.depth * output
 
 
 def test_fast_path_forecasts_like_the_eager_engine_and_cuda_graphs_refuse(small_dit):

@@ -62,8 +62,8 @@ class StaticCache:
 def require_reuse(schedule: Schedule) -> None:
     """Raises ValueError, naming the fix, if the schedule forecasts any branch (see the module docstring)."""
     if schedule.forecasts:
-        raise ValueError(f"CUDA graphs replay reused outputs from static buffers and cannot forecast "
-                         f"(attn {schedule.attn_predictor}, mlp {schedule.mlp_predictor}); sample with cuda_graphs=false")
+        raise ValueError(f"CUDA graphs replay reused outputs from static buffers and cannot forecast (attn "
+                         f"{schedule.attn_predictor}, mlp {schedule.mlp_predictor}); sample with cuda_graphs=false")
 
 
 def require_cuda(model: nn.Module) -> None:

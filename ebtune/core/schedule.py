@@ -100,7 +100,8 @@ class Schedule:
         object.__setattr__(self, "params", tuple(self.params))
         for spec in (self.attn_predictor, self.mlp_predictor):
             if not isinstance(spec, PredictorSpec):
-                raise ValueError(f"a branch predictor must be a PredictorSpec, not {spec!r}; use PredictorSpec(name, order)")
+                raise ValueError(f"a branch predictor must be a PredictorSpec, not {spec!r}; "
+                                 "use PredictorSpec(name, order)")
 
     @classmethod
     def from_step_masks(

@@ -39,5 +39,5 @@ def forecast(
     masks = intervals(ctx, attn=attn, mlp=mlp, warmup=warmup, cooldown=cooldown)
     params = dict(attn=attn, mlp=mlp, warmup=warmup, cooldown=cooldown, attn_predictor=attn_predictor,
                   mlp_predictor=mlp_predictor, attn_order=attn_order, mlp_order=mlp_order)
-    predicted = masks.with_predictors(PredictorSpec(attn_predictor, attn_order), PredictorSpec(mlp_predictor, mlp_order))
-    return predicted.renamed("forecast", params)
+    predictors = PredictorSpec(attn_predictor, attn_order), PredictorSpec(mlp_predictor, mlp_order)
+    return masks.with_predictors(*predictors).renamed("forecast", params)
