@@ -17,7 +17,7 @@ from ebtune.io.schedule_file import (
     save_schedule_file,
 )
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "schedule.v1.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "schedule.v2.schema.json").read_text())
 MODEL = {"family": "dit", "name": "dit-tiny", "depth": 6, "input_size": 8, "patch_size": 2}
 SAMPLER = {"name": "ddim", "steps": 10}
 FORM = {"name": "ebcache", "b_h": 0.98, "b_l": 0.96, "t_s": 0.4}
@@ -84,7 +84,7 @@ def corrupt(tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda d: d.update(format_version=2), "format_version 2"),
+    (lambda d: d.update(format_version=3), "format_version 3"),
     (lambda d: d.pop("format_version"), "format_version None"),
     (lambda d: d["schedule"]["attn"].pop(), "schedule.attn has 9 entries"),
     (lambda d: d["schedule"]["mlp"].__setitem__(4, "0011"), "schedule.mlp[4]"),

@@ -13,6 +13,10 @@ every CPU allocation and free by any op, compiled kernels included, in time orde
 live bytes over time. Its peak above the start is what a run adds to the model and its inputs,
 without the allocator's or the kernel's slack that RSS carries, so cached and uncached runs can be
 compared to the byte with the cache's own size.
+
+`history_bytes` is that size as the schedule implies it: per (block, branch) slot the schedule skips
+somewhere, the tensors its predictor keeps (`Predictor.tensors`: 1 for reuse, O + 1 for an order-O
+forecast) times one ungated branch output (model batch × tokens × hidden × element size).
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from ebtune.core.dit import DiTConfig
+from ebtune.core.schedule import BRANCHES, Schedule
+
 METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs)",
            # A CUDA graph's replay allocates nothing (its intermediates live in the graph's pool, reserved at
            # capture), so allocated bytes miss them; reserved bytes count the pools.
@@ -33,6 +40,17 @@ METHODS = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS (VmHWM, r
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
+
+
+def history_bytes(config: DiTConfig, schedule: Schedule, model_batch: int, dtype: torch.dtype) -> int:
+    """Bytes the cache's slot histories hold at most under `schedule` (see the module docstring); a
+    slot never skipped keeps nothing, as the engine keeps only what a skipped step may read."""
+    output = model_batch * config.num_patches * config.hidden_size * torch.empty((), dtype=dtype).element_size()
+    slots = 0
+    for branch in BRANCHES:
+        kept = sum(not all(row[block] for row in schedule.mask(branch)) for block in range(schedule.depth))
+        slots += kept * schedule.predictor(branch).build().tensors
+    return slots * output
 
 
 def reset_peak(device: torch.device) -> None:

@@ -1,10 +1,13 @@
-"""The cache engine: wraps a model's residual branches so a `Schedule` decides compute or reuse.
+"""The cache engine: wraps a model's residual branches so a `Schedule` decides compute or skip.
 
 Attaching replaces, per block, the attention and MLP branch callables named by the model's adapter
-with a wrapper. At a compute slot the wrapper calls the original and stores its (ungated) output
-if the schedule ever reuses that branch of that block (`keeps`); at a reuse slot it returns the
-stored tensor without running the branch, and the block applies the current step's gate to it. The sampler owns the lifecycle: `reset()` before a sampling loop and
-`set_step(i)` before step i. `close()` (or leaving the `with`) restores the model exactly.
+with a wrapper. At a compute slot the wrapper calls the original and, if the schedule ever skips that
+branch of that block (`keeps`), lets the branch's predictor observe its (ungated) output into the
+slot's history; at a skipped slot it returns the predictor's output for this step without running the
+branch (the last computed tensor for the default `reuse`, a forecast for `taylor` and the like), and
+the block applies the current step's gate to it. The sampler owns the lifecycle: `reset()` before a
+sampling loop and `set_step(i)` before step i. `close()` (or leaving the `with`) restores the model
+exactly.
 """
 from __future__ import annotations
 
@@ -15,21 +18,27 @@ import torch
 from torch import nn
 
 from ebtune.cache.adapters import Adapter, BranchSite, adapter_for
+from ebtune.core.predictors import History
 from ebtune.core.schedule import BRANCHES, Schedule
 
 _MARK = "_ebtune_cache"
 
 
 class CacheState:
-    """Cached ungated branch outputs keyed by (block, branch); one owner, reset per sampling loop."""
+    """The slots' histories of ungated branch outputs, keyed by (block, branch); one owner, reset per
+    sampling loop. A `History` is immutable, so a shallow copy is an exact snapshot."""
 
     def __init__(self) -> None:
-        self._slots: dict[tuple[int, str], torch.Tensor] = {}
+        self._slots: dict[tuple[int, str], History] = {}
 
-    def put(self, key: tuple[int, str], value: torch.Tensor) -> None:
+    def put(self, key: tuple[int, str], value: History) -> None:
         self._slots[key] = value
 
-    def get(self, key: tuple[int, str]) -> torch.Tensor:
+    def find(self, key: tuple[int, str]) -> History | None:
+        """The slot's history, or None before its first computation."""
+        return self._slots.get(key)
+
+    def get(self, key: tuple[int, str]) -> History:
         try:
             return self._slots[key]
         except KeyError:
@@ -38,11 +47,11 @@ class CacheState:
                 "only before a sampling loop and start the loop at step 0"
             ) from None
 
-    def copy(self) -> dict[tuple[int, str], torch.Tensor]:
-        """A shallow copy (tensors are replaced, never written in place, so this is enough)."""
+    def copy(self) -> dict[tuple[int, str], History]:
+        """A shallow copy (histories are replaced, never changed in place, so this is enough)."""
         return dict(self._slots)
 
-    def replace(self, slots: dict[tuple[int, str], torch.Tensor]) -> None:
+    def replace(self, slots: dict[tuple[int, str], History]) -> None:
         self._slots = dict(slots)
 
     def reset(self) -> None:
@@ -88,6 +97,8 @@ class CachedModel:
         # Per (branch, block): whether the schedule reuses it at any step, i.e. whether its outputs are worth keeping.
         self._reused = {branch: [not all(row[block] for row in mask) for block in range(schedule.depth)]
                         for branch, mask in self._compute.items()}
+        # What a skipped slot returns, per branch; stateless strategies over the histories in `state`.
+        self.predictors = {branch: schedule.predictor(branch).build() for branch in BRANCHES}
         try:
             for block, branch_sites in enumerate(sites):
                 for branch in BRANCHES:
@@ -102,15 +113,14 @@ class CachedModel:
         had_own = attr in vars(owner)
         previous = vars(owner).get(attr)
         original = getattr(owner, attr)
-        state, key = self.state, (block, branch)
 
         def cached_branch(*args, **kwargs):
             if self.computes(block, branch):
                 out = original(*args, **kwargs)
                 if self.keeps(block, branch):
-                    state.put(key, out)
+                    self.observe(block, branch, out)
                 return out
-            return state.get(key)
+            return self.predict(block, branch)
 
         # Instance attribute shadows the class method; restoring removes it (or puts back the old one).
         object.__setattr__(owner, attr, cached_branch)
@@ -129,6 +139,20 @@ class CachedModel:
         MLP output. A loop that overrides some steps and not others sets `keep_all`."""
         return self.keep_all or self._override is not None or self._reused[branch][block]
 
+    def observe(self, block: int, branch: str, out: torch.Tensor) -> None:
+        """Record `out`, the ungated output `branch` of `block` computed at this step, in its slot."""
+        key = (block, branch)
+        self.state.put(key, self.predictors[branch].observe(self.state.find(key), self.step, out))
+
+    def predict(self, block: int, branch: str) -> torch.Tensor:
+        """The ungated output of `branch` of `block` at this step from its slot's history (the last
+        computed tensor itself for reuse, a new tensor for a forecast).
+
+        Raises:
+            RuntimeError: nothing was computed in this slot since the last reset.
+        """
+        return self.predictors[branch].predict(self.state.get((block, branch)), self.step)
+
     def reset(self) -> None:
         """Forget all cached tensors and go back to step 0 (the sampler calls this per loop)."""
         self.state.reset()
@@ -144,9 +168,9 @@ class CachedModel:
 
     @contextmanager
     def what_if(self, state: tuple[bool, bool]) -> Iterator[None]:
-        """Within the block, every block computes (True) or reuses (False) each branch as `state`
-        says, and on exit the cached tensors and the step's state are as before: evaluating a
-        candidate without committing it."""
+        """Within the block, every block computes (True) or skips (False) each branch as `state`
+        says, and on exit the slots' histories (reuse's tensor, a forecast's differences) and the
+        step's state are as before: evaluating a candidate without committing it."""
         slots, override = self.state.copy(), self._override
         self._override = {"attn": bool(state[0]), "mlp": bool(state[1])}
         try:

@@ -3,11 +3,14 @@
 Layered on an attached `CachedModel`, as `step_counter` is: `FastPath().attach(cache)` replaces each
 block's `forward` with a dispatcher that asks the cache what the block does at this step
 (`cache.computes`), runs the compiled step for that state and keeps the branch outputs in the
-cache's own `CacheState`. The four states (compute both, attention only, MLP only, reuse both) are
-four static-shape graphs; dynamo tells them apart by which branch outputs are passed in, and all
-blocks of one shape share them, so no cache decision breaks a graph or recompiles mid-run. A reused
-branch is not traced at all: its norm and modulate are skipped with it. The adaLN projection still
-runs whole, since its gates are needed either way and it is 6·D² of a block's ~12·T·D² MACs.
+cache's own `CacheState`. A skipped branch's output comes from the cache's predictor, evaluated
+eagerly before the compiled step (a forecast is a few elementwise multiply-adds whose coefficients
+depend on the step), and enters the graph as the given tensor, exactly like a reused one. The four
+states (compute both, attention only, MLP only, reuse both) are four static-shape graphs; dynamo
+tells them apart by which branch outputs are passed in, and all blocks of one shape share them, so
+no cache decision breaks a graph or recompiles mid-run. A reused branch is not traced at all: its
+norm and modulate are skipped with it. The adaLN projection still runs whole, since its gates are
+needed either way and it is 6·D² of a block's ~12·T·D² MACs.
 
 Dynamo keeps at most `torch._dynamo.config.recompile_limit` (8) graphs per function: two input
 shapes or dtypes. A process that samples more shapes calls `torch._dynamo.reset()` between them.
@@ -22,8 +25,8 @@ from typing import Callable
 import torch
 
 from ebtune.cache.adapters import adapter_for
-from ebtune.cache.engine import CacheState, CachedModel
-from ebtune.cache.graphs import CudaGraphs, StaticCache
+from ebtune.cache.engine import CachedModel
+from ebtune.cache.graphs import CudaGraphs, StaticCache, require_reuse
 from ebtune.core.dit import DiTBlock
 from ebtune.core.schedule import BRANCHES
 
@@ -55,6 +58,20 @@ def block_step(
         mlp = DiTBlock.mlp_branch(block, x, shift_mlp, scale_mlp)  # (N, T, D), ungated
     x = x + gate_mlp.unsqueeze(1) * mlp  # (N, T, D)
     return x, attn, mlp
+
+
+class _Slots:
+    """The cache's slots through its predictors, as the `put`/`get` of a `StaticCache`: `put` observes a
+    computed output at the cache's step, `get` predicts the skipped one."""
+
+    def __init__(self, cache: CachedModel):
+        self.cache = cache
+
+    def put(self, key: tuple[int, str], value: torch.Tensor) -> None:
+        self.cache.observe(*key, value)
+
+    def get(self, key: tuple[int, str]) -> torch.Tensor:
+        return self.cache.predict(*key)
 
 
 @dataclass(frozen=True)
@@ -91,13 +108,14 @@ class FastBlocks:
             if type(block) is not DiTBlock:
                 raise TypeError(f"the fast path compiles ebtune's DiTBlock, not {type(block).__name__}; sample eager")
         if fast.graphs is not None:
+            require_reuse(cache.schedule)
             fast.graphs.bind(model)
         self.model = model
         # What each block's (and the model's) instance dict held under "forward" before (usually nothing),
         # to restore exactly.
         self._previous = [(block, vars(block).get("forward", _MISSING)) for block in blocks]
         step: StepFn = torch.compile(block_step, backend=fast.backend, dynamic=False, fullgraph=True)
-        store = cache.state if fast.graphs is None else fast.graphs.cache
+        store = _Slots(cache) if fast.graphs is None else fast.graphs.cache
         for index, block in enumerate(blocks):
             object.__setattr__(block, "forward", self._dispatcher(cache, store, index, block, step))
         if fast.graphs is not None:  # the whole model call becomes a replay of the step pattern's graph
@@ -115,7 +133,7 @@ class FastBlocks:
         setattr(model, _MARK, self)
 
     @staticmethod
-    def _dispatcher(cache: CachedModel, store: CacheState | StaticCache, index: int, block: DiTBlock,
+    def _dispatcher(cache: CachedModel, store: _Slots | StaticCache, index: int, block: DiTBlock,
                     step: StepFn) -> Callable[..., torch.Tensor]:
         keys = {branch: (index, branch) for branch in ("attn", "mlp")}
 

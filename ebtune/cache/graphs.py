@@ -17,9 +17,12 @@ overwrite another's output; each output is cloned right after its replay, so non
 Warm-up then replay runs a step twice: its computed branches depend only on the step's inputs and
 its reused ones are only read, so the second run writes what the first did.
 
-Static schedules only: a `StepPolicy` (calibration) evaluates candidates under `what_if`, which
-restores the cache by swapping tensors, not by rewriting static buffers. One `CudaGraphs` serves one
-model at one input shape; the fast path (`FastPath(graphs=CudaGraphs())`) routes the model call here.
+Reuse only: a forecast (`Schedule.forecasts`) makes a new tensor from a history per step, which the
+static buffers do not hold; `FastPath(graphs=...)` refuses such a schedule (`require_reuse`), and the
+compiled fast path without graphs forecasts. Static schedules only: a `StepPolicy` (calibration)
+evaluates candidates under `what_if`, which restores the cache by swapping tensors, not by rewriting
+static buffers. One `CudaGraphs` serves one model at one input shape; the fast path
+(`FastPath(graphs=CudaGraphs())`) routes the model call here.
 """
 from __future__ import annotations
 
@@ -28,11 +31,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ebtune.core.schedule import Schedule
 
 
 class StaticCache:
     """Ungated branch outputs in persistent buffers keyed by (block, branch), written in place: the
-    `put`/`get` of `CacheState`, at fixed addresses a captured graph can read and write."""
+    `put`/`get` of the fast path's reuse slots, at fixed addresses a captured graph can read and write."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
@@ -53,6 +57,13 @@ class StaticCache:
         except KeyError:
             raise RuntimeError(f"block {key[0]} {key[1]} is scheduled for reuse but nothing is cached; "
                                "the schedule must compute every branch at step 0") from None
+
+
+def require_reuse(schedule: Schedule) -> None:
+    """Raises ValueError, naming the fix, if the schedule forecasts any branch (see the module docstring)."""
+    if schedule.forecasts:
+        raise ValueError(f"CUDA graphs replay reused outputs from static buffers and cannot forecast (attn "
+                         f"{schedule.attn_predictor}, mlp {schedule.mlp_predictor}); sample with cuda_graphs=false")
 
 
 def require_cuda(model: nn.Module) -> None:

@@ -5,7 +5,8 @@ denoising loop does not, so `step_counter` counts the transformer's calls instea
 pre-hook on the top module sets the step to the number of calls so far. One call per step is
 assumed, as in diffusers' DiT and PixArt pipelines, which run the conditional and unconditional
 halves as one doubled batch. After `schedule.steps` calls the run is complete and the next call
-starts a new run (cached tensors are dropped first); `reset()` abandons a partial run::
+starts a new run (cached tensors and forecast histories are dropped first); `reset()` abandons a
+partial run::
 
     with ebtune.cached(pipe.transformer, schedule) as cache, step_counter(cache):
         images = pipe(class_labels=[207], num_inference_steps=schedule.steps).images

@@ -1,9 +1,9 @@
 """The versioned schedule file: a tuned `Schedule` plus everything needed to trust and reuse it.
 
-Layout (format_version 1, JSON Schema in `schemas/schedule.v1.schema.json`)::
+Layout (format_version 2, JSON Schema in `schemas/schedule.v2.schema.json`)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "model":    {"family": "dit", "name": "dit-tiny", "depth": 6, "input_size": 8, "patch_size": 2},
       "sampler":  {"name": "ddim", "steps": 50},
       "eps_scale": {"name": "ebcache", "b_h": 0.98, "b_l": 0.96, "t_s": 0.4},
@@ -11,7 +11,8 @@ Layout (format_version 1, JSON Schema in `schemas/schedule.v1.schema.json`)::
         "name": "ebcache",
         "attn": ["1", "1", "0", "110011", ...],
         "mlp":  ["1", "0", "1", "1", ...],
-        "eps_scale": [1.0, 0.9987, ...]
+        "eps_scale": [1.0, 0.9987, ...],
+        "predictors": {"attn": {"name": "taylor", "order": 2}, "mlp": {"name": "reuse", "order": 0}}
       },
       "search_params": {...},
       "provenance": {...}
@@ -21,6 +22,10 @@ Mask encoding: `attn[i]` / `mlp[i]` describe step i (0 = first, noisiest). "1" m
 computes the branch, "0" every block reuses it; when blocks disagree the entry is a bit string with
 one character per block, block 0 first. The common all-blocks-agree case costs one character per
 step, and each step has exactly one encoding, so file → Schedule → file is byte-identical.
+
+`schedule.predictors` says per branch what a non-computed slot returns (`PredictorSpec`: a name in
+`ebtune.core.predictors.PREDICTORS` and its order). Version 1 files (`schemas/schedule.v1.schema.json`)
+have no predictors and still load, as reuse; every file is written as version 2.
 
 `eps_scale` (top level) is the parametric form the per-step factors came from, kept so a retarget
 can re-evaluate it; `schedule.eps_scale` holds the factors the sampler applies. `model`, `sampler`,
@@ -37,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from ebtune.core.eps_scale import EpsScale, make_eps_scale
-from ebtune.core.schedule import BRANCHES, Mask, Schedule
+from ebtune.core.schedule import BRANCHES, REUSE, Mask, PredictorSpec, Schedule
 from ebtune.errors import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: no predictors (reuse)
 
 _REQUIRED = {"model": ("family", "depth"), "sampler": ("name", "steps"), "eps_scale": ("name",)}
 
@@ -74,7 +80,8 @@ class ScheduleFile:
             raise ScheduleFileError(f"the file's eps_scale form is not usable: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write this file again (byte-identical to the file it was loaded from)."""
+        """Write this file again: byte-identical to the version-2 file it was loaded from; a version-1
+        file is written as version 2 with reuse on both branches."""
         return save_schedule_file(
             path, self.schedule, model=self.model, sampler=self.sampler, eps_scale=self.eps_scale,
             search_params=self.search_params, provenance=self.provenance,
@@ -126,13 +133,33 @@ def _check_section(doc: dict, key: str, optional: bool = False) -> dict:
     return section
 
 
+def _decode_predictors(section: Any, version: int) -> dict[str, PredictorSpec]:
+    """Version 2's schedule.predictors as specs; version 1 has none and reuses."""
+    if version == 1:
+        if section is not None:
+            raise ScheduleFileError("a format_version 1 file has no schedule.predictors; set format_version to 2")
+        return {branch: REUSE for branch in BRANCHES}
+    if not isinstance(section, dict) or set(section) != set(BRANCHES):
+        raise ScheduleFileError("schedule.predictors must map attn and mlp to {name, order}; re-export the schedule")
+    out = {}
+    for branch in BRANCHES:
+        entry = section[branch]
+        if not isinstance(entry, dict) or set(entry) != {"name", "order"}:
+            raise ScheduleFileError(f"schedule.predictors.{branch} is {entry!r}; give an object with name and order only")
+        try:
+            out[branch] = PredictorSpec(entry["name"], entry["order"])
+        except ValueError as e:
+            raise ScheduleFileError(f"schedule.predictors.{branch} is not usable ({e})") from None
+    return out
+
+
 def _parse(doc: Any) -> ScheduleFile:
     if not isinstance(doc, dict):
         raise ScheduleFileError("a schedule file must hold a JSON object; re-export the schedule")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS or isinstance(version, bool):
         raise ScheduleFileError(
-            f"schedule file has format_version {version!r} but this ebtune reads {FORMAT_VERSION}; "
+            f"schedule file has format_version {version!r} but this ebtune reads {' or '.join(map(str, READ_VERSIONS))}; "
             "re-export it with this ebtune or install the ebtune that wrote it"
         )
     model, sampler, form = (_check_section(doc, k) for k in ("model", "sampler", "eps_scale"))
@@ -150,8 +177,10 @@ def _parse(doc: Any) -> ScheduleFile:
     eps = body["eps_scale"]
     if not isinstance(eps, list) or len(eps) != steps or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in eps):
         raise ScheduleFileError(f"schedule.eps_scale must list {steps} numbers (one per step); re-export the schedule")
+    predictors = _decode_predictors(body.get("predictors"), version)
     try:
-        schedule = Schedule(attn, mlp, tuple(float(v) for v in eps), str(body.get("name", "custom")))
+        schedule = Schedule(attn, mlp, tuple(float(v) for v in eps), str(body.get("name", "custom")),
+                            attn_predictor=predictors["attn"], mlp_predictor=predictors["mlp"])
     except ValueError as e:
         raise ScheduleFileError(f"schedule file holds an invalid schedule ({e}); fix its masks or re-export it") from None
     return ScheduleFile(schedule, model, sampler, form, search_params, provenance)
@@ -170,6 +199,8 @@ def _document(
             "attn": _encode_mask(schedule.attn),
             "mlp": _encode_mask(schedule.mlp),
             "eps_scale": list(schedule.eps_scale),
+            "predictors": {branch: {"name": schedule.predictor(branch).name, "order": schedule.predictor(branch).order}
+                           for branch in BRANCHES},
         },
         "search_params": copy.deepcopy(search_params),
         "provenance": copy.deepcopy(provenance),
@@ -186,7 +217,7 @@ def save_schedule_file(
     search_params: dict | None = None,
     provenance: dict | None = None,
 ) -> Path:
-    """Write `schedule` and its context as a version-1 schedule file (UTF-8, trailing newline).
+    """Write `schedule` and its context as a version-2 schedule file (UTF-8, trailing newline).
 
     Args:
         path: where to write; parent folders are created.

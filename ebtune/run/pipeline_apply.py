@@ -6,8 +6,8 @@
 The step count of a pipeline run is only known when the pipeline calls `scheduler.set_timesteps`,
 so that method is shadowed on the scheduler instance: each call fits the schedule to the
 scheduler's timesteps (retargeted through normalised time, ε factors re-evaluated from the file's
-parametric form) and starts a fresh run (step 0, no cached tensors), so two identical calls give
-identical images. The cache follows the transformer's calls (one per step: diffusers' DiT and PixArt
+parametric form) and starts a fresh run (step 0, no cached tensors or forecast histories), so two
+identical calls give identical images. The cache follows the transformer's calls (one per step: diffusers' DiT and PixArt
 pipelines run the conditional and unconditional halves as one doubled batch), and a forward hook
 multiplies the first `in_channels` output channels (ε; the rest is the learned variance) by the
 step's factor. Guidance is linear, so b·ε_u + s·(b·ε_c − b·ε_u) = b·(ε_u + s·(ε_c − ε_u)): scaling

@@ -14,7 +14,9 @@ from ebtune.schedules.calibrated import CalibrationProbe, ebcache_calibrated
 from ebtune.schedules.context import ScheduleContext, interval_pattern
 from ebtune.schedules.ebcache_table import ebcache_table
 from ebtune.schedules.fora import fora
+from ebtune.schedules.forecast import forecast
 from ebtune.schedules.intervals import intervals
+from ebtune.schedules.taylor import taylor
 
 
 def _none(ctx: ScheduleContext) -> Schedule:
@@ -28,6 +30,8 @@ SCHEDULES.register("intervals", intervals)
 SCHEDULES.register("ebcache-table", ebcache_table)
 SCHEDULES.register("ebcache-calibrated", ebcache_calibrated)
 SCHEDULES.register("block-groups", block_groups)
+SCHEDULES.register("taylor", taylor)
+SCHEDULES.register("forecast", forecast)
 
 
 def make_schedule(name: str, ctx: ScheduleContext, **params: Any) -> Schedule:
@@ -37,5 +41,5 @@ def make_schedule(name: str, ctx: ScheduleContext, **params: Any) -> Schedule:
 
 __all__ = [
     "SCHEDULES", "CalibrationProbe", "ScheduleContext", "block_groups", "ebcache_calibrated", "ebcache_table",
-    "fora", "group_bounds", "interval_pattern", "intervals", "make_schedule",
+    "fora", "forecast", "group_bounds", "interval_pattern", "intervals", "make_schedule", "taylor",
 ]

@@ -14,7 +14,9 @@ has room for N reuses. The reuses are placed where the source had them: target s
 when the source's cumulative reuse share up to the end of its cell, scaled to N, rounds above the
 reuses placed so far; a run longer than the source's longest run of that block is broken by a
 compute, since a searched reuse cap is part of what made the source good. Same steps and times
-give back the source exactly.
+give back the source exactly. Both keep everything else of the schedule (name, parameters, and
+each branch's predictor: a forecast's coefficients follow the actual step distances, so a
+retargeted interval forecasts with the same rule).
 
 Depth. Target block b covers source blocks [b·D/D', (b+1)·D/D') (fractional overlaps weigh in
 proportion); per step and branch it computes when the blocks it covers that compute weigh at
@@ -23,6 +25,7 @@ least half (ties compute: a spurious compute costs speed, a spurious reuse costs
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 from typing import Sequence
 
@@ -100,7 +103,7 @@ def retarget_steps(
             in normalised time (held constant beyond the source's first and last step).
 
     Returns:
-        (the K-step schedule with the same depth and name, notes on what was approximated).
+        (the K-step schedule with the same depth, name and predictors, notes on what was approximated).
 
     Raises:
         ValueError: steps < 1, or times of the wrong length or not strictly decreasing.
@@ -126,7 +129,7 @@ def retarget_steps(
     W = next((i for i, f in enumerate(full) if not f), S)
     C = next((i for i, f in enumerate(reversed(full)) if not f), S)
     depth = schedule.depth
-    all_compute = Schedule([(True,) * depth] * K, [(True,) * depth] * K, eps, schedule.name, schedule.params)
+    all_compute = replace(schedule, attn=[(True,) * depth] * K, mlp=[(True,) * depth] * K, eps_scale=eps)
     if W == S:
         return all_compute, notes
     W2 = max(1, _round(W * K / S))
@@ -163,14 +166,14 @@ def retarget_steps(
             f"{branch}: reused share {before:.1%} -> {after:.1%}, reuses re-placed by their density in "
             f"normalised time (longest reuse run {runs} -> {runs2})"
         )
-    return Schedule(masks["attn"], masks["mlp"], eps, schedule.name, schedule.params), notes
+    return replace(schedule, attn=masks["attn"], mlp=masks["mlp"], eps_scale=eps), notes
 
 
 def retarget_depth(schedule: Schedule, depth: int) -> tuple[Schedule, list[str]]:
     """Map `schedule`'s blocks proportionally onto a model with `depth` blocks.
 
     Returns:
-        (the schedule with `depth` blocks, same steps, ε factors and name; notes, empty when no
+        (the schedule with `depth` blocks, same steps, ε factors, name and predictors; notes, empty when no
         target block covered source blocks that disagreed).
 
     Raises:
@@ -204,4 +207,4 @@ def retarget_depth(schedule: Schedule, depth: int) -> tuple[Schedule, list[str]]
             f"depth {D} -> {depth}: {mixed} of {2 * schedule.steps * depth} (step, block, branch) slots cover source "
             "blocks that disagree; they compute when the computing blocks weigh at least half"
         )
-    return Schedule(masks["attn"], masks["mlp"], schedule.eps_scale, schedule.name, schedule.params), notes
+    return replace(schedule, attn=masks["attn"], mlp=masks["mlp"]), notes
