@@ -3,9 +3,13 @@
 - `nocache`: every branch computed (also the reference for `distance` and `latency_speedup`);
 - `fora2`, `fora3`: FORA, both branches recomputed every 2nd / 3rd step;
 - `ebcache-table`: the EB-Cache released table with the paper's b(t) (b_h 0.98, b_l 0.96, t_s 0.4);
-- `<sampler>-<k>`: no cache with fewer steps, k = round(K · MACs(cached) / MACs(no cache)) for each
-  cached baseline above (e.g. 25/26 and 17/18 for K = 50), so a cache schedule only counts where it
-  beats simply taking fewer steps;
+- `taylor-<n>-<o>` (spaces that forecast): TaylorSeer, both branches computed every n-th step after
+  its warm-up, an order-o Taylor forecast between, n in 3-6 and o in 1-2;
+- `<sampler>-<k>`: no cache with fewer steps, for every sampler of `search.baseline_samplers`
+  (default: the search's own, DDIM and DPM-Solver++(2M)) at k = round(K / s) for each speed level s
+  of `SPEED_LEVELS` (and, for the other samplers, at K itself): every model evaluation costs the
+  same, so these are the uncached runs at the MACs the cache schedules reach, and a cache schedule
+  only counts where it beats simply taking fewer steps with a good solver;
 - `nocache+<rule>`, `<sampler>-<k>+<rule>`: the same uncached runs with the search space's ε-scale
   rule (`SearchSpace.reference_eps_form`), because ε scaling improves samples without any cache:
   a front point is judged against the strongest schedule that caches nothing.
@@ -13,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ebtune.core.schedule import Schedule
@@ -21,8 +25,18 @@ from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 from ebtune.search.evaluator import Evaluator, Outcome, Reference
+from ebtune.search.space import SearchSpace
 
 NO_CACHE = "nocache"
+# Speed-ups over the search's uncached run at which every baseline sampler runs uncached.
+SPEED_LEVELS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# What `search.baseline_samplers: auto` adds to the search's own sampler: the standard fast solver
+# and the deterministic sampler DiT users run.
+DEFAULT_BASELINE_SAMPLERS = ("ddim", "dpmpp-2m")
+# Spaces over these families forecast skipped outputs; their searches also face TaylorSeer (both
+# branches computed every n-th step, an order-o Taylor forecast between) for each (n, o) of TAYLOR.
+FORECAST_FAMILIES = ("forecast", "taylor")
+TAYLOR = tuple((n, o) for n in (3, 4, 5, 6) for o in (1, 2))
 # (name, schedule family, family params, ε-scale form) of the cached baselines at the search's steps.
 CACHED = (
     ("fora2", "fora", {"interval": 2}, {"name": "none"}),
@@ -40,34 +54,49 @@ class Baseline:
     params: dict[str, Any] = field(default_factory=dict)
     eps_scale: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     steps: int = 0
+    sampler: str | None = None  # a `SAMPLER_STEPS` name; None = the search's sampler (with its settings)
 
     def schedule(self, ctx: ScheduleContext) -> Schedule:
         return ScheduleSpec.of(self.family, self.params, self.eps_scale).build(ctx)
 
 
-def baseline_names(evaluator: Evaluator, eps_form: dict[str, Any] | None = None) -> list[str]:
+def baseline_names(evaluator: Evaluator, space: SearchSpace | None = None) -> list[str]:
     """Names of the baselines this search evaluates, in order (constraints may refer to them)."""
-    return [b.name for b in plan(evaluator, eps_form)]
+    return [b.name for b in plan(evaluator, space)]
 
 
-def plan(evaluator: Evaluator, eps_form: dict[str, Any] | None = None) -> list[Baseline]:
-    """No cache, the cached baselines, then no cache at the step counts matching their MACs; with an
-    ε form (not "none"), every uncached baseline once more under that form."""
-    steps, sampler = evaluator.sampler.steps, evaluator.sampler
+def baseline_samplers(evaluator: Evaluator) -> list[str]:
+    """`search.baseline_samplers`, the search's own sampler first (`auto`: with DEFAULT_BASELINE_SAMPLERS)."""
+    given = evaluator.cfg["search"].get("baseline_samplers", "auto")
+    own = evaluator.cfg["sampler"]["name"]
+    names = [own, *(DEFAULT_BASELINE_SAMPLERS if given == "auto" else given)]
+    return list(dict.fromkeys(names))
+
+
+def fewer_steps(steps: int, own: bool) -> list[int]:
+    """The uncached step counts of one baseline sampler, most first: K / SPEED_LEVELS (and K itself
+    for a sampler other than the search's, whose K-step run is `nocache`)."""
+    levels = SPEED_LEVELS if own else (1.0, *SPEED_LEVELS)
+    counts = {max(1, round(steps / level)) for level in levels}
+    return sorted((k for k in counts if k < steps or not own), reverse=True)
+
+
+def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baseline]:
+    """No cache, the cached baselines (TaylorSeer's too for a space that forecasts), then every
+    baseline sampler uncached at fewer steps; under the space's ε form (when not "none"), every
+    uncached and TaylorSeer baseline once more."""
+    steps, own = evaluator.sampler.steps, evaluator.cfg["sampler"]["name"]
+    eps_form = space.reference_eps_form() if space is not None else None
     out = [Baseline(NO_CACHE, "none", steps=steps)]
-    fewer: list[int] = []
-    for name, family, params, form in CACHED:
-        base = Baseline(name, family, dict(params), dict(form), steps)
-        out.append(base)
-        ratio = evaluator.macs(base.schedule(evaluator.ctx), sampler) / evaluator.ref_macs
-        k = max(1, round(steps * ratio))
-        if k < steps and k not in fewer:
-            fewer.append(k)
-    sampler_name = evaluator.cfg["sampler"]["name"]
-    out += [Baseline(f"{sampler_name}-{k}", "none", steps=k) for k in sorted(fewer, reverse=True)]
+    out += [Baseline(name, family, dict(params), dict(form), steps) for name, family, params, form in CACHED]
+    if space is not None and space.schedule in FORECAST_FAMILIES:
+        out += [Baseline(f"taylor-{n}-{o}", "taylor", {"interval": n, "order": o}, steps=steps) for n, o in TAYLOR]
+    for sampler in baseline_samplers(evaluator):
+        out += [Baseline(f"{sampler}-{k}", "none", steps=k, sampler=None if sampler == own else sampler)
+                for k in fewer_steps(steps, sampler == own)]
     if eps_form and eps_form["name"] != "none":
-        out += [Baseline(f"{b.name}+{eps_form['name']}", "none", eps_scale=dict(eps_form), steps=b.steps)
-                for b in out if b.family == "none"]
+        out += [replace(b, name=f"{b.name}+{eps_form['name']}", eps_scale=dict(eps_form))
+                for b in out if b.family in ("none", "taylor")]
     return out
 
 
@@ -81,7 +110,7 @@ def _eta(seconds: float) -> str:
 
 def evaluate_baselines(
     evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome], None] | None = None,
-    eps_form: dict[str, Any] | None = None, progress: Callable[[str], None] | None = _print_now,
+    space: SearchSpace | None = None, progress: Callable[[str], None] | None = _print_now,
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
     """Evaluate every baseline (no cache first, as the reference of the others).
 
@@ -96,8 +125,8 @@ def evaluate_baselines(
     results: list[tuple[Baseline, Outcome]] = []
     reference: Reference | None = None
     work = []
-    for base in plan(evaluator, eps_form):
-        sampler = evaluator.sampler if base.steps == evaluator.sampler.steps else evaluator.sampler_at(base.steps)
+    for base in plan(evaluator, space):
+        sampler = evaluator.sampler_at(base.steps, base.sampler)
         ctx = ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times)
         schedule = base.schedule(ctx)
         work.append((base, sampler, schedule, evaluator.macs(schedule, sampler)))

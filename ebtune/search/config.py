@@ -18,7 +18,7 @@ import torch
 from ebtune.errors import ConfigError
 from ebtune.run.factory import model_spec, resolve_device, resolve_threads, sampler_from
 from ebtune.run.loading import ModelSpec
-from ebtune.sampling.samplers import Sampler
+from ebtune.sampling.samplers import SAMPLER_STEPS, Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.search.evaluator import latency_batch, latency_pairs
 from ebtune.search.gap_gate import check_gap_prune
@@ -100,6 +100,10 @@ def _check_numbers(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"search.{key}={search[key]} must be 0 or more")
     if search["n_trials"] < 1:
         raise ConfigError(f"trials must be at least 1, got {search['n_trials']}")
+    samplers = search.get("baseline_samplers", "auto")
+    if samplers != "auto" and (not isinstance(samplers, list) or not all(s in SAMPLER_STEPS for s in samplers)):
+        raise ConfigError(f"search.baseline_samplers={samplers!r} must be auto or a list of samplers "
+                          f"({', '.join(SAMPLER_STEPS.choices())}), e.g. [ddim,dpmpp-2m]")
     if not isinstance(search["constraints"], list):
         raise ConfigError(f"search.constraints={search['constraints']!r} must be a list, e.g. ['fid <= nocache + 0.5']")
 

@@ -196,9 +196,12 @@ class Evaluator:
     def timed_batches(self) -> int:
         return self.n_samples // self.batch - self.warmup
 
-    def sampler_at(self, steps: int) -> Sampler:
-        """The search's sampler at another step count (for the fewer-steps baselines)."""
-        return sampler_from(self.cfg, self.spec, steps)
+    def sampler_at(self, steps: int, name: str | None = None) -> Sampler:
+        """The search's sampler (or the sampler `name`, with its defaults) at `steps` steps, with the
+        search's guidance: the fewer-steps baselines and the trials of a space that searches them."""
+        if name is None or name == self.cfg["sampler"]["name"]:
+            return self.sampler if steps == self.sampler.steps else sampler_from(self.cfg, self.spec, steps)
+        return sampler_from({**self.cfg, "sampler": {"name": name}}, self.spec, steps)
 
     def macs(self, schedule: Schedule, sampler: Sampler) -> float:
         """MACs per image of a whole sampling run under `schedule`."""

@@ -86,7 +86,7 @@ def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> Sear
     if config.device.type == "cpu":
         torch.set_num_threads(resolve_threads(config.cfg["threads"]))
     evaluator = Evaluator(config.cfg, config.device)
-    names = baseline_names(evaluator, config.space.reference_eps_form())
+    names = baseline_names(evaluator, config.space)
     unknown = sorted({c.baseline for c in config.constraints if c.baseline} - set(names))
     if unknown:
         raise ConfigError(f"constraint names baseline(s) {', '.join(unknown)}; baselines are: {', '.join(names)}")
@@ -170,7 +170,7 @@ def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -
     """Evaluate the baselines the study does not hold yet; returns the no-cache reference of the trials."""
     evaluator, recorder = session.evaluator, session.recorder
     if [b["name"] for b in recorder.baselines] != names:
-        return evaluate_baselines(evaluator, recorder.baseline, session.space.reference_eps_form())[1]
+        return evaluate_baselines(evaluator, recorder.baseline, session.space)[1]
     log("baselines: recorded in the study; re-running no cache for the distance reference")
     outcome = evaluator.evaluate(baseline_plan(evaluator)[0].schedule(evaluator.ctx), None)
     return Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])

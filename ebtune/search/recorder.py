@@ -44,8 +44,10 @@ def _duration(seconds: float) -> str:
 
 
 def sampler_info(evaluator: Evaluator, sampler: Sampler) -> dict[str, Any]:
-    """The sampler as schedule files and pareto.json record it."""
-    extra = {k: v for k, v in evaluator.cfg["sampler"].items() if k != "name"}
+    """The sampler as schedule files and pareto.json record it (the configured settings of the
+    search's own sampler; another sampler runs with its defaults)."""
+    configured = evaluator.cfg["sampler"]
+    extra = {k: v for k, v in configured.items() if k != "name"} if sampler.step.name == configured["name"] else {}
     return {"name": sampler.step.name, "steps": sampler.steps, "cfg_scale": sampler.guidance.scale, **extra}
 
 
@@ -119,7 +121,8 @@ class Recorder:
     # -- events ------------------------------------------------------------------------------------
     def baseline(self, base: Baseline, schedule: Schedule, sampler: Sampler, outcome: Outcome) -> None:
         """Record an evaluated baseline: schedule file and study attribute, then its MLflow view."""
-        params = {"schedule": base.family, **base.params, "steps": base.steps, "eps_scale": base.eps_scale["name"]}
+        params = {"schedule": base.family, **base.params, "sampler": sampler.step.name, "steps": base.steps,
+                  "eps_scale": base.eps_scale["name"]}
         parent = self.views.parent_run_id
         rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
         record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
