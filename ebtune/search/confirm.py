@@ -65,8 +65,9 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
     entries = sorted(views.current_baselines(), key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
     rows, reference = [], None
     for entry in entries + points:
-        schedule = load_schedule_file(views.folder / entry["schedule_file"]).schedule
-        outcome = evaluator.evaluate(schedule, reference, evaluator.sampler_at(schedule.steps))
+        file = load_schedule_file(views.folder / entry["schedule_file"])
+        sampler = evaluator.sampler_at(file.schedule.steps, file.sampler["name"])  # the one it was searched with
+        outcome = evaluator.evaluate(file.schedule, reference, sampler)
         if entry["name"] == NO_CACHE:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         searched = entry.get("search_metrics", entry["metrics"])

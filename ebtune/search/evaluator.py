@@ -51,6 +51,7 @@ from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
 from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
+from ebtune.search.space import SearchSpace
 from ebtune.search.pareto import objective_names, std_key
 
 # Grids logged per trial stay small: a few images, each at most this many pixels wide.
@@ -202,6 +203,14 @@ class Evaluator:
         if name is None or name == self.cfg["sampler"]["name"]:
             return self.sampler if steps == self.sampler.steps else sampler_from(self.cfg, self.spec, steps)
         return sampler_from({**self.cfg, "sampler": {"name": name}}, self.spec, steps)
+
+    def point(self, space: SearchSpace, params: Mapping[str, Any]) -> tuple[Schedule, Sampler]:
+        """The schedule and sampler of one space point: the search's sampler and steps unless the
+        space searches them (`SearchSpace.sampling`), the schedule built for that step count."""
+        name, steps = space.sampling(params)
+        sampler = self.sampler_at(steps or self.sampler.steps, name)
+        ctx = self.ctx if sampler is self.sampler else ScheduleContext(sampler.steps, self.loaded.config.depth, sampler.times)
+        return space.to_schedule(params, ctx), sampler
 
     def macs(self, schedule: Schedule, sampler: Sampler) -> float:
         """MACs per image of a whole sampling run under `schedule`."""

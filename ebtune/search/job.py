@@ -111,8 +111,9 @@ class Job:
 
 def score(evaluator: Evaluator, space: SearchSpace, params: Mapping[str, Any], reference: Reference,
           gate: Gate | None = None) -> Outcome:
-    """Build the point's schedule in the evaluator's context and evaluate it against `reference`."""
-    return evaluator.evaluate(space.to_schedule(params, evaluator.ctx), reference, gate=gate)
+    """Build the point's schedule and sampler (`Evaluator.point`) and evaluate it against `reference`."""
+    schedule, sampler = evaluator.point(space, params)
+    return evaluator.evaluate(schedule, reference, sampler, gate=gate)
 
 
 def trial_error(exc: BaseException) -> str:

@@ -151,8 +151,8 @@ class Recorder:
         """Before a completed trial is told: its schedule file and grid, then its metrics, each metric on its
         own, its constraint violations and its schedule file as user attributes of the Optuna trial."""
         name = trial_name(trial.number)
-        schedule = self.space.to_schedule(params, self.evaluator.ctx)
-        rel = self._save(name, schedule, self.evaluator.sampler, self.space.eps_form(params), params, metrics,
+        schedule, sampler = self.evaluator.point(self.space, params)
+        rel = self._save(name, schedule, sampler, self.space.eps_form(params), params, metrics,
                          run_ids(self.study).get(trial.number))
         self._grid(name, grid)
         store_result(trial, metrics, self.violations(metrics), rel)

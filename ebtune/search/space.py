@@ -45,6 +45,7 @@ import yaml
 from ebtune.core.eps_scale import EPS_SCALES, make_eps_scale
 from ebtune.core.schedule import Schedule
 from ebtune.errors import ConfigError
+from ebtune.sampling.samplers import SAMPLER_STEPS, step_times
 from ebtune.schedules import SCHEDULES, ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 
@@ -53,6 +54,9 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 EPS_PREFIX = "eps_scale."
 MASKS_KEY = "masks"  # a trial parameter only the calibrated seed has: its masks are the calibrated ones
 CALIBRATED = "ebcache-calibrated"  # the calibration family, and the MASKS_KEY value that names its masks
+# Parameters of the sampling run itself rather than of the schedule family: a space that searches them
+# (`space=joint`) picks the sampler and the step count together with the cache (see `SearchSpace.sampling`).
+RUN_KEYS = ("sampler", "steps")
 _TYPES = ("int", "float", "categorical")
 _KEYS = {"type", "low", "high", "step", "log", "choices", "repeat"}
 
@@ -133,9 +137,15 @@ class SearchSpace:
             if missing:
                 raise ValueError(f"point has no value for {', '.join(missing)} of space {self.name!r}; pass every parameter")
             values[p.name] = [params[n] for n in p.study_names] if p.repeat else params[p.name]
-        sched = {k: v for k, v in values.items() if not k.startswith(EPS_PREFIX)}
+        sched = {k: v for k, v in values.items() if not k.startswith(EPS_PREFIX) and k not in RUN_KEYS}
         eps = {k[len(EPS_PREFIX):]: v for k, v in values.items() if k.startswith(EPS_PREFIX)}
         return sched, eps
+
+    def sampling(self, params: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """(sampler name, step count) a point samples with; None where the space leaves it to the search."""
+        values = {**self.fixed, **params}
+        steps = values.get("steps")
+        return values.get("sampler"), None if steps is None else int(steps)
 
     def eps_form(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parametric ε-scale form of a point, as a schedule file stores it: {"name": ..., **kwargs}."""
@@ -173,14 +183,17 @@ class SearchSpace:
         return [{n: p.corner(high) for p in self.params for n in p.study_names} for high in (False, True)]
 
     def check(self, ctx: ScheduleContext) -> None:
-        """Raise `ConfigError` unless both corners give a valid schedule for `ctx.steps` steps.
+        """Raise `ConfigError` unless both corners give a valid schedule for `ctx.steps` steps (or the
+        corner's own step count, in a space that searches `steps`).
 
         The families' constraints grow with their parameters (warm-up + cool-down ≤ steps, groups ≤
         depth), so both corners being valid means the whole box is.
         """
         for corner, point in zip(("low", "high"), self.corners()):
+            steps = self.sampling(point)[1] or ctx.steps
+            at = ctx if steps == ctx.steps else ScheduleContext(steps, ctx.depth, step_times(steps))
             try:
-                self.to_schedule(point, ctx)
+                self.to_schedule(point, at)
             except ValueError as e:
                 raise ConfigError(
                     f"space {self.name!r} cannot produce a valid schedule for steps={ctx.steps} at its {corner} corner "
@@ -263,7 +276,8 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
         raise ConfigError(f"{where}: `fixed:` must be a mapping of parameter: value")
     params = tuple(_param(str(k), v, where) for k, v in doc["params"].items())
     accepted = {"schedule": _accepted(SCHEDULES[family], skip_first=True), "eps_scale": _accepted(EPS_SCALES[form], False)}
-    for key in [p.name for p in params] + list(fixed):
+    _check_run_keys(params, fixed, where)
+    for key in [p.name for p in params if p.name not in RUN_KEYS] + [k for k in fixed if k not in RUN_KEYS]:
         side, bare = ("eps_scale", key[len(EPS_PREFIX):]) if key.startswith(EPS_PREFIX) else ("schedule", key)
         if bare not in accepted[side]:
             owner = f"eps_scale {form!r}" if side == "eps_scale" else f"schedule {family!r}"
@@ -275,6 +289,20 @@ def parse_space(doc: Any, name: str) -> SearchSpace:
     seeds = _seeds(doc.get("seeds") or [], params, where)
     calibrated = _calibrated_seed(doc.get("calibrated_seed") or {}, params, where)
     return SearchSpace(name, family, form, params, dict(fixed), seeds, calibrated)
+
+
+def _check_run_keys(params: tuple[Param, ...], fixed: Mapping[str, Any], where: str) -> None:
+    """`sampler` chooses among registered samplers; `steps` is a whole number of at least 1."""
+    by_name = {p.name: p for p in params}
+    samplers = list(by_name["sampler"].choices) if "sampler" in by_name else [fixed.get("sampler", SAMPLER_STEPS.choices()[0])]
+    unknown = [s for s in samplers if s not in SAMPLER_STEPS]
+    if unknown:
+        raise ConfigError(f"{where}: sampler {', '.join(map(str, unknown))} is not a sampler; use: {', '.join(SAMPLER_STEPS.choices())}")
+    steps = by_name.get("steps")
+    if steps is not None and (steps.type != "int" or steps.low < 1 or steps.repeat):
+        raise ConfigError(f"{where}: steps must be {{type: int, low: 1 or more, high: ...}}")
+    if "steps" in fixed and (not isinstance(fixed["steps"], int) or fixed["steps"] < 1):
+        raise ConfigError(f"{where}: fixed steps must be a whole number of at least 1")
 
 
 def _calibrated_seed(doc: Any, params: tuple[Param, ...], where: str) -> dict[str, Any]:
