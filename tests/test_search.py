@@ -287,3 +287,30 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ebtune, tmp_path, ca
     assert json.loads((run / "pareto.json").read_text())["points"] == []
     _, children = _runs(json.loads((run / "tracking.json").read_text())["uri"])
     assert {c.info.status for c in children} == {"FAILED"} and all("TrialError" in c.data.tags["error"] for c in children)
+
+
+def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study(tmp_path, monkeypatch):
+    from ebtune.cli.config import compose
+    from ebtune.search import SearchConfig, run_search
+    from ebtune.search.records import SearchRecord
+    from ebtune.search.study import load_folder_study
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "py"
+    cfg = compose([*TINY, "trials=2", "name=py", f"out={folder}", "search.baseline_samplers=[ddim]"],
+                  config_name="search")
+    lines: list[str] = []
+    result = run_search(SearchConfig.from_mapping(cfg), log=lines.append)
+    assert (result.exit_code, result.status, result.folder) == (0, "FINISHED", folder)
+    record = SearchRecord(load_folder_study(folder))
+    assert [p["number"] for p in result.front] == [p["number"] for p in record.front(record.objectives, record.constraints)]
+    names = [b["name"] for b in result.baselines]
+    # ddim runs uncached at the search's 10 steps and at 10 / (1.5, 2, 3, 4, 6, 8) steps; ddpm only at fewer.
+    assert [n for n in names if n.startswith("ddim-") and "+" not in n] == [f"ddim-{k}" for k in (10, 7, 5, 3, 2, 1)]
+    assert [n for n in names if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (7, 5, 3, 2, 1)]
+    assert load_schedule_file(folder / "schedules/baseline-ddim-5.json").sampler["name"] == "ddim"
+    evaluated = [b["metrics"] for b in record.baselines] + [t["metrics"] for t in record.trials()]
+    assert result.cost_macs == pytest.approx(sum(m["images"] * m["macs"] for m in evaluated))
+    pareto = json.loads((folder / "pareto.json").read_text())
+    assert [p["number"] for p in pareto["points"]] == [p["number"] for p in result.front]
+    assert f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs" in "\n".join(lines)

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "schedule with its ε scaling) and record per step ‖ε̂‖ and its gap to ‖ε‖ on forward-noised real data "
         "(dit-tiny only), the SNR of x̂_t against nominal, the cached branches' errors and the correlation of "
         "consecutive ε errors. Writes diagnostics.csv, summary.json, eps_gap.png, snr.png, cache_error.png. "
-        f"Overrides: model=, steps=, sampler=ddpm|ddim, cfg_scale=, n=, seed=, out=DIR, schedule=<{'|'.join(choices('schedule'))}> "
+        f"Overrides: model=, steps=, sampler=<{'|'.join(choices('sampler'))}>, cfg_scale=, n=, seed=, out=DIR, schedule=<{'|'.join(choices('schedule'))}> "
         f"with schedule.<param>=, eps_scale=<{'|'.join(choices('eps_scale'))}> with eps_scale.<param>=, or "
         "schedule_file=FILE; mlflow_run=RUN_ID (with tracking.uri=) logs the results to that run.",
     )
