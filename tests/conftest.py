@@ -16,8 +16,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SMALL = DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=5)
 
-# A search small enough for the default test run: dit-tiny, 10 steps, 20 images per evaluation.
-TINY_SEARCH = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", "search.confirm_n=0"]
+# A search small enough for the default test run: dit-tiny, 10 steps, 20 images per evaluation, the
+# fewer-steps baselines of its own sampler only (tests/test_search.py adds others).
+TINY_SEARCH = ["model=dit-tiny", "steps=10", "space=intervals", "metric.n_samples=20", "search.confirm_n=0",
+               "search.baseline_samplers=[]"]
 
 
 def randomised(model: DiT, seed: int = 0) -> DiT:

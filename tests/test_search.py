@@ -297,7 +297,8 @@ def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study
 
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "py"
-    cfg = compose([*TINY, "trials=2", "name=py", f"out={folder}", "search.baseline_samplers=[ddim]"],
+    tiny = [o for o in TINY if not o.startswith("search.baseline_samplers=")]
+    cfg = compose([*tiny, "trials=2", "name=py", f"out={folder}", "search.baseline_samplers=[ddim]"],
                   config_name="search")
     lines: list[str] = []
     result = run_search(SearchConfig.from_mapping(cfg), log=lines.append)
