@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebtune.bench.latency import BranchCosts, cache_bytes
+from ebtune.bench.latency import BranchCosts
 from ebtune.bench.settings import (
     MODEL_CONF,
     SCHEDULE_NAMES,
@@ -62,12 +62,6 @@ def test_branch_costs_recover_a_linear_cost_model():
     # Half the branch work remains: 4 fixed parts plus 2 computing steps of every block.
     assert got.seconds(fora2) == pytest.approx(4 * 0.5 + 2 * SMALL.depth * 0.05)
     assert got.seconds(no_cache(4, SMALL.depth)) == pytest.approx(4 * t_full)
-
-
-def test_cache_bytes_counts_both_branches_of_every_block():
-    import torch
-
-    assert cache_bytes(SMALL, 6, torch.bfloat16) == 2 * SMALL.depth * 6 * SMALL.num_patches * SMALL.hidden_size * 2
 
 
 def test_bench_runs_with_only_torch(tmp_path):

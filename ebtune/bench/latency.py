@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ebtune.bench.memory import METHODS, TensorPeak, peak_bytes, reset_peak
+from ebtune.bench.memory import METHODS, TensorPeak, history_bytes, peak_bytes, reset_peak
 from ebtune.bench.settings import FILE_PREFIX, BenchSettings
 from ebtune.cache.engine import CachedModel
 from ebtune.cache.fast import FastPath
@@ -171,12 +171,6 @@ def make_setup(config: DiTConfig, steps: int, batch: int, guidance: Guidance, de
     return Setup(model, make_sampler(sampler, steps, guidance), noise.to(device, dtype), labels.to(device), fast)
 
 
-def cache_bytes(config: DiTConfig, model_batch: int, dtype: torch.dtype) -> int:
-    """Bytes of a full cache: 2 branches × blocks × model batch × tokens × hidden × element size."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.depth * model_batch * config.num_patches * config.hidden_size * itemsize
-
-
 def _run_arg(setup: Setup, name: str, schedule: Schedule) -> Schedule | None:
     """What `Setup.run` samples for a bench row: eager "none" is the bare model, the true baseline (the
     fast path needs a cache to dispatch on, so there it is the all-compute schedule)."""
@@ -228,7 +222,7 @@ def measure(setup: Setup, names: list[str], schedules: list[Schedule], repeats: 
             "time_efficiency": round(speedup / time_ideal, 3), "peak_mem_bytes": peak,
             "peak_tensor_bytes": tensor_peak,
             "tensor_bytes_over_uncached": None if tensor_peak is None else tensor_peak - uncached_tensors,
-            "cache_bytes": cache_bytes(config, model_batch, setup.noise.dtype), "memory_method": method,
+            "cache_bytes": history_bytes(config, schedule, model_batch, setup.noise.dtype), "memory_method": method,
             "branch_seconds": {"fixed": round(costs.fixed, 6), "attn": round(costs.attn, 6), "mlp": round(costs.mlp, 6)},
         })
         if eager is not None:
