@@ -10,6 +10,7 @@ commands that compose (`add_hydra_flags`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,15 +147,28 @@ def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
-    """One override list per combination of the comma-separated values, as Hydra's basic sweeper
-    orders them (`trials=8,16 seed=0,1` gives four jobs)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """One override list per combination of the swept values, in the order of Hydra's basic sweeper
+    (`trials=8,16 seed=0,1` gives four jobs, the last key varying fastest).
+
+    Built on Hydra's public override parser rather than its sweeper plugin, which is internal. As
+    there, a key given twice keeps its first position and its last values.
+
+    Raises:
+        ConfigError: an override does not parse, or sweeps an interval (it has no list of values).
+    """
     from hydra.errors import HydraException
 
-    try:
-        return BasicSweeper.split_arguments(_parse_overrides(overrides), None)[0]
-    except HydraException as e:
-        raise ConfigError(f"{str(e).strip().splitlines()[0]}; -m sweeps comma-separated values (e.g. trials=8,16)") from None
+    values: dict[str, list[str]] = {}
+    for parsed in _parse_overrides(overrides):
+        key = parsed.get_key_element()
+        if parsed.is_sweep_override() and not parsed.is_discrete_sweep():
+            raise ConfigError(f"{key}=interval(...) has no list of values to run; -m sweeps lists: write {key}=1,2 or {key}=range(1,5)")
+        try:
+            strings = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
+        except HydraException as e:
+            raise ConfigError(f"{str(e).strip().splitlines()[0]}; -m sweeps comma-separated values (e.g. trials=8,16)") from None
+        values[key] = [f"{key}={value}" for value in strings]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def _hydra_settings(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
