@@ -162,3 +162,13 @@ def test_multirun_where_it_makes_no_sense_is_one_line(ebtune, tmp_path, capsys, 
     assert ebtune(*argv) == 2
     assert message in capsys.readouterr().err
     assert _written(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["train-default", "--out", "x"], ["train-default", "--steps", "3"], ["train-default", "--seed", "1"]])
+def test_removed_flag_spellings_are_unknown_arguments(ebtune, tmp_path, capsys, argv):
+    """train-default's settings are out=, steps=, seed=; the flags had their release (so did search --name,
+    sample --schedule and confirm --n, checked in their own tests)."""
+    with pytest.raises(SystemExit) as removed:
+        ebtune(*argv)
+    assert removed.value.code == 2 and f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err
+    assert _written(tmp_path) == []

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ebtune.errors import ConfigError
 from ebtune.registry import Registry
@@ -60,26 +59,6 @@ def choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
 
 def is_group(group: str, searchpath: Sequence[str] = ()) -> bool:
     return any((folder / group).is_dir() for folder in [CONF_DIR, *user_dirs(searchpath)])
-
-
-def with_aliases(overrides: Sequence[str], old: Mapping[str, tuple[str, Any]]) -> list[str]:
-    """Append old flag spellings as `key=value` overrides, each with a one-line deprecation note.
-
-    Args:
-        old: flag → (key, value given or None), e.g. {"--schedule": ("schedule_file", "tuned.json")}.
-
-    Raises:
-        ConfigError: a flag and its key both given.
-    """
-    out = list(overrides)
-    for flag, (key, value) in old.items():
-        if value is None:
-            continue
-        if any(o.partition("=")[0] == key for o in out):
-            raise ConfigError(f"{flag} and {key}= are the same setting; give only {key}=")
-        print(f"note: {flag} is deprecated and will be removed; write {key}={value}", file=sys.stderr)
-        out.append(f"{key}={value}")
-    return out
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("search", help="search cache schedules for the quality/speed Pareto front", description=DESCRIPTION)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the search space, then exit")
-    p.add_argument("--name", help=argparse.SUPPRESS)  # deprecated spelling of name=
     add_hydra_flags(p, "search", sweeps=True)
     p.set_defaults(run=run)
 
@@ -86,7 +85,7 @@ def _check_search_settings(cfg: dict[str, Any]) -> None:
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
-    from ebtune.cli.config import ConfigError, compose_run, with_aliases
+    from ebtune.cli.config import ConfigError, compose_run
     from ebtune.run.factory import (
         model_spec,
         resolve_device,
@@ -100,7 +99,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     from ebtune.search.space import load_space
     from ebtune.search.study import check_sampler
 
-    overrides = with_aliases(args.overrides, {"--name": ("name", args.name)})
+    overrides = list(args.overrides)
     if any(o.startswith("ray.") for o in overrides) and not any(o.startswith("launcher=") for o in overrides):
         overrides.append("launcher=ray")
     composed = compose_run(overrides, config_name="search")
