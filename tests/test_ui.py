@@ -32,6 +32,14 @@ def test_folder_without_pointer_is_an_error(ebtune, tmp_path, capsys):
     assert "search has no tracking.json" in capsys.readouterr().err
 
 
+def test_tracking_uri_alone_is_an_override_not_a_folder(ebtune, tmp_path, capsys):
+    assert ebtune("ui", f"tracking.uri=sqlite:///{tmp_path}/none.db", "--no-browser") == 2
+    assert f"no MLflow store at {tmp_path}/none.db" in capsys.readouterr().err
+    (tmp_path / "search").mkdir()
+    assert ebtune("ui", f"tracking.uri=sqlite:///{tmp_path}/none.db", "search", "--no-browser") == 2
+    assert "search has no tracking.json" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -202,11 +202,14 @@ def run(args: argparse.Namespace) -> int:
     Ctrl-C (SIGINT) or SIGTERM stops the server and returns 0; a server that exits by itself (or never
     becomes healthy) returns 1. A SIGKILL of this process stops the server too (module docstring).
     """
-    overrides = list(getattr(args, "overrides", []) or [])
-    pointer = _pointer(getattr(args, "folder", None))
+    # argparse gives the first free token to the optional folder, a `tracking.uri=` override too.
+    tokens = [t for t in (getattr(args, "folder", None), *(getattr(args, "overrides", []) or [])) if t]
+    folder = next((t for t in tokens if "=" not in t or Path(t).is_dir()), None)
+    overrides = [t for t in tokens if t is not folder]
+    pointer = _pointer(folder)
     uri, artifacts = store_from(overrides or ([f"tracking.uri={pointer['uri']}"] if pointer else []), Path.cwd())
     if pointer and pointer["uri"] != uri:
-        raise ConfigError(f"{args.folder} was tracked in {pointer['uri']}, not {uri}; pass tracking.uri={pointer['uri']}")
+        raise ConfigError(f"{folder} was tracked in {pointer['uri']}, not {uri}; pass tracking.uri={pointer['uri']}")
     if not _port_free(args.host, args.port):
         raise ConfigError(f"port {args.port} on {args.host} is in use; pass --port with a free one")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
