@@ -15,7 +15,7 @@ TINY = [*TINY_SEARCH, "launcher=local", "trials=2"]
 @pytest.fixture
 def search_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["search", *TINY, f"out={tmp_path / 'run'}", "--name", "c"]) == 0
+    assert main(["search", *TINY, f"out={tmp_path / 'run'}", "name=c"]) == 0
     return tmp_path / "run"
 
 
@@ -34,8 +34,10 @@ def test_confirm_at_the_search_size_and_seed_reproduces_its_metrics(search_folde
 
 
 def test_confirm_with_more_images_changes_fid_not_macs(search_folder, capsys):
-    assert main(["confirm", str(search_folder), "--n", "40"]) == 0  # the old flag still works, with a note
-    assert "--n is deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as removed:  # the old spelling of n= had its release
+        main(["confirm", str(search_folder), "--n", "40"])
+    assert removed.value.code == 2 and "unrecognized arguments: --n" in capsys.readouterr().err
+    assert main(["confirm", str(search_folder), "n=40"]) == 0
     rows = json.loads((search_folder / "confirmed.json").read_text())["rows"]
     assert all(r["metrics"]["macs"] == r["search_metrics"]["macs"] for r in rows)
     assert any(r["metrics"]["fid"] != pytest.approx(r["search_metrics"]["fid"]) for r in rows)

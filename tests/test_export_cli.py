@@ -1,4 +1,4 @@
-"""`ebtune export`, `ebtune schedules list` and `ebtune sample --schedule` on a search folder."""
+"""`ebtune export`, `ebtune schedules list` and `ebtune sample schedule_file=` on a search folder."""
 from __future__ import annotations
 
 import json
@@ -62,7 +62,7 @@ def test_schedules_list_shows_the_front(search_folder, capsys):
 def test_sample_applies_and_retargets(search_folder, tmp_path, capsys):
     out = tmp_path / "s.json"
     main(["export", str(search_folder), "--min-speedup", "2.5", "--out", str(out)])
-    assert main(["sample", "--schedule", str(out), "steps=25", "n=2", f"out={tmp_path / 'a'}"]) == 0
+    assert main(["sample", f"schedule_file={out}", "steps=25", "n=2", f"out={tmp_path / 'a'}"]) == 0
     printed = capsys.readouterr().out
     assert "retarget: steps 50 -> 25" in printed
     run = json.loads((tmp_path / "a" / "run.json").read_text())
@@ -72,5 +72,5 @@ def test_sample_applies_and_retargets(search_folder, tmp_path, capsys):
 def test_sample_rejects_a_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert main(["sample", "--schedule", str(bad), "n=1"]) == 2
+    assert main(["sample", f"schedule_file={bad}", "n=1"]) == 2
     assert "is not JSON" in capsys.readouterr().err

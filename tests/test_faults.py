@@ -206,8 +206,9 @@ def test_bad_inputs_are_one_line(ebtune, tmp_path, capsys):
     assert ebtune("sample", f"schedule_file={tmp_path}") == 2
     err = capsys.readouterr().err.strip()
     assert "is a folder, not a schedule file" in err and len(err.splitlines()) == 1
-    assert ebtune("sample", "--schedule", str(tmp_path)) == 2
-    assert "is a folder, not a schedule file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as removed:  # the old spelling of schedule_file= had its release
+        ebtune("sample", "--schedule", str(tmp_path))
+    assert removed.value.code == 2 and "unrecognized arguments: --schedule" in capsys.readouterr().err
     assert ebtune("search", *TINY_SEARCH, "trials=abc", "--dry-run") == 2
     err = capsys.readouterr().err
     assert "trials='abc'" in err and "number" in err and len(err.strip().splitlines()) == 1  # the key is named

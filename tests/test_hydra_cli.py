@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 import ebtune.search.pipeline as pipeline
-from ebtune.cli.config import CONF_DIR
+from ebtune.cli.config import CONF_DIR, sweep_jobs
+from ebtune.errors import ConfigError
 from ebtune.search.space import SPACES_DIR
 
 
@@ -130,6 +131,23 @@ def test_multirun_plans_every_job_then_searches_each_in_its_own_folder(ebtune, t
     assert "sweep job 4/4" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("overrides, jobs", [
+    # Hydra's basic sweeper order: a cartesian product, the last key varying fastest.
+    (["trials=8,16", "seed=0,1"], [["trials=8", "seed=0"], ["trials=8", "seed=1"], ["trials=16", "seed=0"], ["trials=16", "seed=1"]]),
+    (["a=range(1,3)", "b=x", "+c@pkg=y,z"], [["a=1", "b=x", "+c@pkg=y"], ["a=1", "b=x", "+c@pkg=z"],
+                                            ["a=2", "b=x", "+c@pkg=y"], ["a=2", "b=x", "+c@pkg=z"]]),
+    (["a=1,2", "b=[1,2]", "a=3"], [["a=3", "b=[1,2]"]]),  # a key given twice: first place, last values
+    (["name=sw", "c='x,y'"], [["name=sw", "c='x,y'"]]),  # a quoted comma is one value
+])
+def test_sweep_jobs_are_the_basic_sweepers_product(overrides, jobs):
+    assert sweep_jobs(overrides) == jobs
+
+
+def test_sweep_of_an_interval_is_one_line_naming_the_fix():
+    with pytest.raises(ConfigError, match=r"lr=interval\(\.\.\.\) has no list of values.*lr=1,2"):
+        sweep_jobs(["lr=interval(0,1)"])
+
+
 def test_multirun_validates_every_job_before_running_one(ebtune, searches, capsys):
     assert ebtune("search", "-m", "steps=10,abc", "space=intervals") == 2
     assert searches == [] and "steps='abc'" in capsys.readouterr().err
@@ -144,4 +162,14 @@ def test_multirun_validates_every_job_before_running_one(ebtune, searches, capsy
 def test_multirun_where_it_makes_no_sense_is_one_line(ebtune, tmp_path, capsys, argv, message):
     assert ebtune(*argv) == 2
     assert message in capsys.readouterr().err
+    assert _written(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["train-default", "--out", "x"], ["train-default", "--steps", "3"], ["train-default", "--seed", "1"]])
+def test_removed_flag_spellings_are_unknown_arguments(ebtune, tmp_path, capsys, argv):
+    """train-default's settings are out=, steps=, seed=; the flags had their release (so did search --name,
+    sample --schedule and confirm --n, checked in their own tests)."""
+    with pytest.raises(SystemExit) as removed:
+        ebtune(*argv)
+    assert removed.value.code == 2 and f"unrecognized arguments: {argv[1]}" in capsys.readouterr().err
     assert _written(tmp_path) == []

@@ -125,11 +125,14 @@ def test_config_errors_exit_2(ebtune, capsys, override, message):
 
 
 def test_dry_run_prints_config_and_space(ebtune, tmp_path, capsys):
-    assert ebtune("search", "--dry-run", "model=dit-tiny", "space=intervals", "trials=7", "--name", "dry") == 0
+    assert ebtune("search", "--dry-run", "model=dit-tiny", "space=intervals", "trials=7", "name=dry") == 0
     out = capsys.readouterr().out
     assert "n_trials: 7" in out and "search_name: dry" in out and "eps_scale.value" in out
     assert "objectives:\n  - fid\n  - macs" in out
     assert not (tmp_path / "outputs").exists()
+    with pytest.raises(SystemExit) as removed:  # the old spelling of name= had its release
+        ebtune("search", "--dry-run", "model=dit-tiny", "space=intervals", "--name", "dry")
+    assert removed.value.code == 2 and "unrecognized arguments: --name" in capsys.readouterr().err
 
 
 def test_space_parse_rejects_searched_and_fixed_at_once():
@@ -189,7 +192,7 @@ def _runs(uri: str):
 
 def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     run = tmp_path / "run"
-    assert ebtune("search", *TINY, "trials=3", f"out={run}", "--name", "tiny") == 0
+    assert ebtune("search", *TINY, "trials=3", f"out={run}", "name=tiny") == 0
     out = capsys.readouterr().out.strip().splitlines()
     end = out.index("next:")  # the summary's last lines, then the next commands with this folder filled in
     assert out[end - 2] == f"search folder: {run}" and out[end - 1].startswith("MLflow: sqlite:///")
@@ -232,7 +235,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert load_schedule_file(tmp_path / "k.json").provenance["exported"]["trial"] in tagged
 
     # Same name and folder: the study continues with two more trials, nothing is duplicated.
-    assert ebtune("search", *TINY, "trials=5", f"out={run}", "--name", "tiny") == 0
+    assert ebtune("search", *TINY, "trials=5", f"out={run}", "name=tiny") == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     # Plain Optuna (and optuna-dashboard) sees the objectives by name and each metric as its own attribute.
@@ -246,13 +249,13 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert len(parents) == 1 and len(children) == 5
 
     # Other settings under the same name are refused rather than mixed into the study.
-    assert ebtune("search", *TINY, "trials=5", "metric.n_samples=30", f"out={run}", "--name", "tiny") == 2
+    assert ebtune("search", *TINY, "trials=5", "metric.n_samples=30", f"out={run}", "name=tiny") == 2
     assert "other settings (metric)" in capsys.readouterr().err
 
 
 def test_killed_search_retries_the_interrupted_trial(ebtune, tmp_path, capsys):
     run = tmp_path / "run"
-    assert ebtune("search", *TINY, "trials=1", f"out={run}", "--name", "k") == 0
+    assert ebtune("search", *TINY, "trials=1", f"out={run}", "name=k") == 0
     # A session killed mid-trial leaves that trial RUNNING in the study, tagged with its (now dead) process.
     storage = f"sqlite:///{run / 'study.db'}"
     study = optuna.load_study(study_name="k", storage=storage)
@@ -260,7 +263,7 @@ def test_killed_search_retries_the_interrupted_trial(ebtune, tmp_path, capsys):
     params = load_space("intervals").suggest(trial)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     trial.set_user_attr("ebtune.session", f"{socket.gethostname()}:{gone.stdout.strip()}:?")
-    assert ebtune("search", *TINY, "trials=3", f"out={run}", "--name", "k") == 0
+    assert ebtune("search", *TINY, "trials=3", f"out={run}", "name=k") == 0
     out = capsys.readouterr().out
     assert "re-queued 1 trial(s) a dead session left running: 1" in out
     trials = optuna.load_study(study_name="k", storage=storage).trials
@@ -281,7 +284,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ebtune, tmp_path, ca
                                   "  attn: {type: int, low: 1, high: 2}\n"
                                   "  eps_scale.value: {type: float, low: 1.0e+20, high: 1.0e+30, log: true}\n")
     run = tmp_path / "run"
-    assert ebtune("search", *TINY, f"space={space}", "trials=2", f"out={run}", "--name", "bad") == 0
+    assert ebtune("search", *TINY, f"space={space}", "trials=2", f"out={run}", "name=bad") == 0
     out = capsys.readouterr().out
     assert out.count(" FAILED: ") == 2 and "TrialError" in out
     assert json.loads((run / "pareto.json").read_text())["points"] == []

@@ -42,7 +42,7 @@ def _children(run: Path) -> list:
 
 def test_ray_search_runs_two_trials_at_once_and_tracks_them(ebtune, tmp_path, capsys):
     run = tmp_path / "run"
-    assert ebtune("search", *TINY, "ray.num_cpus=2", f"out={run}", "--name", "ray2") == 0
+    assert ebtune("search", *TINY, "ray.num_cpus=2", f"out={run}", "name=ray2") == 0
     out = capsys.readouterr().out
     assert "ray: 2 concurrent trial(s)" in out
     results = _results(run)
@@ -101,7 +101,7 @@ def test_search_joins_a_running_cluster_and_runs_trials_in_its_workers(ebtune, t
         # `auto` finds the cluster through RAY_ADDRESS (several clusters may run on a shared machine).
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         run = tmp_path / "run"
-        assert ebtune("search", *TINY, "ray.address=auto", f"out={run}", "--name", "joined") == 0
+        assert ebtune("search", *TINY, "ray.address=auto", f"out={run}", "name=joined") == 0
         results = _results(run)
         assert len(results) == 2
         logs = " ".join(p.name for p in Path(temp_dir).glob("session_*/logs/worker-*"))

@@ -1,6 +1,7 @@
 """`ebtune ui`: links to the search's runs table and its Pareto front; the server dies with the UI."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -31,6 +32,14 @@ def test_folder_without_pointer_is_an_error(ebtune, tmp_path, capsys):
     assert "search has no tracking.json" in capsys.readouterr().err
 
 
+def test_tracking_uri_alone_is_an_override_not_a_folder(ebtune, tmp_path, capsys):
+    assert ebtune("ui", f"tracking.uri=sqlite:///{tmp_path}/none.db", "--no-browser") == 2
+    assert f"no MLflow store at {tmp_path}/none.db" in capsys.readouterr().err
+    (tmp_path / "search").mkdir()
+    assert ebtune("ui", f"tracking.uri=sqlite:///{tmp_path}/none.db", "search", "--no-browser") == 2
+    assert "search has no tracking.json" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,8 +51,46 @@ def _port_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (ppid is the field after the parenthesised name)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue  # a process that exited while the table was read
+    found, todo = [], [pid]
+    while todo:
+        below = todo.pop()
+        children = [c for c, parent in parents.items() if parent == below]
+        found += children
+        todo += children
+    return found
+
+
+@pytest.fixture
+def subreaper():
+    """Make this process the reaper of orphans below it (Linux), so that the servers `ebtune ui` leaves
+    come back here: reaping one proves it exited and leaves no zombie behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _reap(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait for `pids` (children of this process) to exit and reap them; return those still running."""
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if os.waitpid(pid, os.WNOHANG)[0] == 0]
+        time.sleep(0.1)
+    return pids
+
+
 @pytest.mark.slow
-def test_links_work_and_kill_9_of_the_ui_frees_the_port(tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server dies with the UI by Linux's parent-death signal")
+def test_links_work_and_kill_9_of_the_ui_stops_every_server_process(tmp_path, subreaper):
     from mlflow import MlflowClient
 
     db = tmp_path / "mlflow.db"
@@ -79,12 +126,14 @@ def test_links_work_and_kill_9_of_the_ui_frees_the_port(tmp_path):
             runs = json.loads(response.read())["runs"]
         assert [r["info"]["run_id"] for r in runs] == [front_run]
         assert _port_taken(port)
+        server = _descendants(ui.pid)
+        assert len(server) == 2, server  # mlflow server, and the uvicorn process it runs and reaps
         ui.send_signal(signal.SIGKILL)
         ui.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while _port_taken(port):
-            assert time.monotonic() < deadline, "the MLflow server still holds the port 30 s after kill -9 of ebtune ui"
-            time.sleep(0.2)
+        # The orphaned mlflow server comes to this process (the subreaper): reaping it proves it exited.
+        assert _reap(server[:1], timeout_s=30) == [], "mlflow server still running 30 s after kill -9 of ebtune ui"
+        assert [pid for pid in server if Path(f"/proc/{pid}").exists()] == []  # no process, no zombie
+        assert not _port_taken(port)
     finally:
         if ui.poll() is None:
             ui.kill()

@@ -10,10 +10,10 @@ commands that compose (`add_hydra_flags`).
 from __future__ import annotations
 
 import argparse
-import sys
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ebtune.errors import ConfigError
 from ebtune.registry import Registry
@@ -59,26 +59,6 @@ def choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
 
 def is_group(group: str, searchpath: Sequence[str] = ()) -> bool:
     return any((folder / group).is_dir() for folder in [CONF_DIR, *user_dirs(searchpath)])
-
-
-def with_aliases(overrides: Sequence[str], old: Mapping[str, tuple[str, Any]]) -> list[str]:
-    """Append old flag spellings as `key=value` overrides, each with a one-line deprecation note.
-
-    Args:
-        old: flag → (key, value given or None), e.g. {"--schedule": ("schedule_file", "tuned.json")}.
-
-    Raises:
-        ConfigError: a flag and its key both given.
-    """
-    out = list(overrides)
-    for flag, (key, value) in old.items():
-        if value is None:
-            continue
-        if any(o.partition("=")[0] == key for o in out):
-            raise ConfigError(f"{flag} and {key}= are the same setting; give only {key}=")
-        print(f"note: {flag} is deprecated and will be removed; write {key}={value}", file=sys.stderr)
-        out.append(f"{key}={value}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -146,15 +126,28 @@ def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
-    """One override list per combination of the comma-separated values, as Hydra's basic sweeper
-    orders them (`trials=8,16 seed=0,1` gives four jobs)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """One override list per combination of the swept values, in the order of Hydra's basic sweeper
+    (`trials=8,16 seed=0,1` gives four jobs, the last key varying fastest).
+
+    Built on Hydra's public override parser rather than its sweeper plugin, which is internal. As
+    there, a key given twice keeps its first position and its last values.
+
+    Raises:
+        ConfigError: an override does not parse, or sweeps an interval (it has no list of values).
+    """
     from hydra.errors import HydraException
 
-    try:
-        return BasicSweeper.split_arguments(_parse_overrides(overrides), None)[0]
-    except HydraException as e:
-        raise ConfigError(f"{str(e).strip().splitlines()[0]}; -m sweeps comma-separated values (e.g. trials=8,16)") from None
+    values: dict[str, list[str]] = {}
+    for parsed in _parse_overrides(overrides):
+        key = parsed.get_key_element()
+        if parsed.is_sweep_override() and not parsed.is_discrete_sweep():
+            raise ConfigError(f"{key}=interval(...) has no list of values to run; -m sweeps lists: write {key}=1,2 or {key}=range(1,5)")
+        try:
+            strings = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [parsed.get_value_element_as_str()]
+        except HydraException as e:
+            raise ConfigError(f"{str(e).strip().splitlines()[0]}; -m sweeps comma-separated values (e.g. trials=8,16)") from None
+        values[key] = [f"{key}={value}" for value in strings]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def _hydra_settings(overrides: Sequence[str]) -> tuple[list[str], list[str]]:

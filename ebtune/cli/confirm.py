@@ -13,19 +13,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "given), record the result in the search's study (pareto.json, MLflow and `ebtune export` then use it) "
                        "and write confirmed.json there.")
     p.add_argument("folder", help="a folder written by `ebtune search`")
-    p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # deprecated spelling of n=
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ebtune.cli.config import compose, with_aliases
+    from ebtune.cli.config import compose
     from ebtune.run.overrides import settings
     from ebtune.search.confirm import confirm, search_overrides
     from ebtune.search.views import folder_views
 
-    given = settings("confirm", with_aliases(args.overrides, {"--n": ("n", args.n)}), {"n": int, "seed": int})
+    given = settings("confirm", args.overrides, {"n": int, "seed": int})
     n = given.get("n", 1000)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")

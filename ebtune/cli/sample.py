@@ -20,21 +20,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"eps_scale=<{'|'.join(choices('eps_scale'))}> with eps_scale.<param>=, or schedule_file=FILE (an exported "
         "schedule, retargeted to steps= if they differ; it brings its own ε scaling).",
     )
-    p.add_argument("--schedule", metavar="FILE", help=argparse.SUPPRESS)  # deprecated spelling of schedule_file=
     add_hydra_flags(p, "config", sweeps=False)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ebtune.cli.config import compose, with_aliases
+    from ebtune.cli.config import compose
     from ebtune.core.macs import ideal_speedup, sampling_macs
     from ebtune.io.grids import save_grid
     from ebtune.run.factory import sampling_run
     from ebtune.run.generate import generate
 
-    overrides = with_aliases(args.overrides, {"--schedule": ("schedule_file", args.schedule)})
-    cfg = compose(overrides)
-    setup = sampling_run(cfg, overrides)
+    cfg = compose(args.overrides)
+    setup = sampling_run(cfg, args.overrides)
     for note in setup.notes:
         print(f"retarget: {note}")
     loaded, sampler, schedule, labels, device = setup.loaded, setup.sampler, setup.schedule, setup.labels, setup.device

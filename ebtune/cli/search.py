@@ -31,7 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("search", help="search cache schedules for the quality/speed Pareto front", description=DESCRIPTION)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the search space, then exit")
-    p.add_argument("--name", help=argparse.SUPPRESS)  # deprecated spelling of name=
     add_hydra_flags(p, "search", sweeps=True)
     p.set_defaults(run=run)
 
@@ -57,10 +56,10 @@ class Plan:
 
 def _plan(args: argparse.Namespace) -> Plan:
     """Everything decided before any model is loaded; raises `ConfigError` for bad input."""
-    from ebtune.cli.config import compose_run, with_aliases
+    from ebtune.cli.config import compose_run
     from ebtune.search.config import SearchConfig
 
-    overrides = with_aliases(args.overrides, {"--name": ("name", args.name)})
+    overrides = list(args.overrides)
     if any(o.startswith("ray.") for o in overrides) and not any(o.startswith("launcher=") for o in overrides):
         overrides.append("launcher=ray")
     composed = compose_run(overrides, config_name="search")

@@ -11,14 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="retrain the embedded dit-tiny and its FID classifier",
         description="Train dit-tiny (DiT recipe on scikit-learn's digits, EMA weights) and the digits classifier "
         "whose penultimate layer is dit-tiny's FID feature network. Writes dit-tiny.safetensors, "
-        "classifier.safetensors and digits_train_stats.npz to --out. Runs on one CPU thread, so the files are "
+        "classifier.safetensors and digits_train_stats.npz to out=. Runs on one CPU thread, so the files are "
         "bit-identical to the shipped ones with the same torch build: about 30 minutes. Overrides: out=DIR "
         "(default outputs/train-default), steps=N (DiT training steps), seed=S (default 0).",
     )
-    # Settings are out=DIR (default outputs/train-default), steps=N (DiT training steps; default the
-    # shipped recipe's) and seed=S (default 0); the flags are their deprecated spellings.
-    for flag, kind in (("--out", str), ("--steps", int), ("--seed", int)):
-        p.add_argument(flag, type=kind, default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
 
@@ -27,15 +23,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ebtune.cli.config import with_aliases
     from ebtune.default.classifier import WEIGHTS_DIR, build_shipped_files
     from ebtune.default.train import TrainConfig, save_weights, train_dit
     from ebtune.run.overrides import settings
 
+    given = settings("train-default", args.overrides, {"out": str, "steps": int, "seed": int})
     # Parallel reductions sum in a thread-count-dependent order, and training amplifies the last-bit
     # differences; one thread makes a seed mean the same weights on every machine.
-    old = {f"--{k}": (k, getattr(args, k)) for k in ("out", "steps", "seed")}
-    given = settings("train-default", with_aliases(args.overrides, old), {"out": str, "steps": int, "seed": int})
     torch.set_num_threads(1)
     cfg = TrainConfig(seed=given.get("seed", 0))
     if "steps" in given:

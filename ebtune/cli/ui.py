@@ -5,15 +5,16 @@ links go to the runs table of the search's experiment (`#/experiments/<id>/runs`
 table filtered to the Pareto front (`searchFilter=tags.pareto_optimal = 'true'`), the query
 parameters MLflow's own runs page writes.
 
-The server must not outlive `ebtune ui`, however it ends: Ctrl-C and SIGTERM stop its process group
-in order, and a `kill -9` of `ebtune ui` is caught by a small guard process between the two. The
-guard leads the server's process group and gets SIGTERM when `ebtune ui` dies (Linux
-`prctl(PR_SET_PDEATHSIG)`); it then stops the whole group, which reaches the uvicorn process
-`mlflow server` starts as well (a parent-death signal on `mlflow server` alone would not).
+The server must not outlive `ebtune ui`, however it ends. On Linux `mlflow server` starts with the
+kernel's parent-death signal armed (`prctl(PR_SET_PDEATHSIG, SIGTERM)`), so a `kill -9` of `ebtune ui`
+still sends it SIGTERM; `mlflow server` forwards SIGTERM to the uvicorn process it runs and exits
+once uvicorn has (before it has started uvicorn, SIGTERM just ends it). Ctrl-C and SIGTERM of
+`ebtune ui` stop it with the same SIGTERM, in order. Elsewhere only those stop it.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -26,33 +27,16 @@ import urllib.parse
 import urllib.request
 import webbrowser
 from pathlib import Path
+from typing import Callable
 
 from ebtune.errors import ConfigError
 
 # MLflow's defaults start ~13 processes (~2.5 GB, ~22 s); one worker without the job runner starts in ~5 s.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
 FRONT_FILTER = "tags.pareto_optimal = 'true'"
-
-# Run as `python -c GUARD mlflow server ...` in a new session: starts the server in its own process
-# group and, on SIGTERM (sent by `ebtune ui` to stop it, or by the kernel when `ebtune ui` dies),
-# stops the group: SIGTERM, up to 15 s, then SIGKILL. Plain Python so that it starts in milliseconds.
-GUARD = """
-import os, signal, subprocess, sys, time
-def stop(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.killpg(0, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while server is not None and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    os.killpg(0, signal.SIGKILL)
-server = None
-signal.signal(signal.SIGTERM, stop)
-if os.getppid() != int(os.environ["EBTUNE_UI_PID"]):
-    stop(None, None)  # `ebtune ui` died before the parent-death signal was armed
-server = subprocess.Popen(sys.argv[1:])
-sys.exit(server.wait())
-"""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,13 +103,23 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the process that started it dies (Linux; a no-op elsewhere)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn for the server: its own process group, so that a terminal's Ctrl-C reaches only
+    `ebtune ui` (which then stops the server once, in order), and SIGTERM when `parent` dies.
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    The parent-death signal fires when the *thread* that forked exits, so call Popen from the main
+    thread. libc is loaded here, before the fork: the child must not import between fork and exec.
+    """
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def arm() -> None:
+        os.setpgid(0, 0)
+        if libc is not None and libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # `ebtune ui` died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def runs_links(url: str, experiment_id: str) -> tuple[str, str]:
@@ -165,66 +159,70 @@ def _open_browser(link: str) -> None:
 
 
 def _stop(server: subprocess.Popen) -> None:
-    """Terminate the server's whole process group (MLflow forks its web workers), then reap it."""
+    """SIGTERM the server (it forwards it to uvicorn and waits for it); if it has not exited within
+    STOP_TIMEOUT_S, SIGKILL its process group so that uvicorn goes too."""
     if server.poll() is not None:
         return
-    os.killpg(server.pid, signal.SIGTERM)
+    server.terminate()
     try:
-        server.wait(timeout=15)
+        server.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _wait_healthy(server: subprocess.Popen, url: str) -> str | None:
+    """None once `/health` answers, else why the server will not serve."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not _healthy(url):
+        if server.poll() is not None:
+            return f"mlflow server exited with code {server.returncode}; see its output above"
+        if time.monotonic() > deadline:
+            return f"mlflow server not healthy at {url} after {READY_TIMEOUT_S:.0f} s; see its output above"
+        time.sleep(0.5)
+    return None
+
+
+def _print_links(url: str, uri: str, pointer: dict | None, browser: bool) -> None:
+    print(f"MLflow UI: {url}  (store {uri}; Ctrl-C to stop)", flush=True)
+    experiment = str(pointer["experiment_id"]) if pointer else _latest_experiment(url)
+    if experiment is None:
+        print("the store has no experiment yet; run `ebtune search` first", flush=True)
+        return
+    table, front = runs_links(url, experiment)
+    print(f"runs of the search (experiment {experiment}): {table}", flush=True)
+    print(f"Pareto front only ({FRONT_FILTER}): {front}", flush=True)
+    if browser:
+        _open_browser(table)
 
 
 def run(args: argparse.Namespace) -> int:
     """Start `mlflow server` on the store, print the URL once `/health` answers, serve until interrupted.
 
-    Ctrl-C (SIGINT) or SIGTERM stops the server's process group and returns 0; a server that exits by itself
-    (or never becomes healthy) returns 1. The server runs in its own session under the guard (module docstring), so
-    that terminal signals reach only this process, which then shuts the server down in order, and a SIGKILL of this
-    process still stops the server.
+    Ctrl-C (SIGINT) or SIGTERM stops the server and returns 0; a server that exits by itself (or never
+    becomes healthy) returns 1. A SIGKILL of this process stops the server too (module docstring).
     """
-    overrides = list(getattr(args, "overrides", []) or [])
-    pointer = _pointer(getattr(args, "folder", None))
+    # argparse gives the first free token to the optional folder, a `tracking.uri=` override too.
+    tokens = [t for t in (getattr(args, "folder", None), *(getattr(args, "overrides", []) or [])) if t]
+    folder = next((t for t in tokens if "=" not in t or Path(t).is_dir()), None)
+    overrides = [t for t in tokens if t is not folder]
+    pointer = _pointer(folder)
     uri, artifacts = store_from(overrides or ([f"tracking.uri={pointer['uri']}"] if pointer else []), Path.cwd())
     if pointer and pointer["uri"] != uri:
-        raise ConfigError(f"{args.folder} was tracked in {pointer['uri']}, not {uri}; pass tracking.uri={pointer['uri']}")
+        raise ConfigError(f"{folder} was tracked in {pointer['uri']}, not {uri}; pass tracking.uri={pointer['uri']}")
     if not _port_free(args.host, args.port):
         raise ConfigError(f"port {args.port} on {args.host} is in use; pass --port with a free one")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--artifacts-destination", str(artifacts), "--host", args.host, "--port", str(args.port), "--workers", "1"]
     url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
-    previous_term = signal.signal(signal.SIGTERM, _interrupt)
-    server = subprocess.Popen([sys.executable, "-c", GUARD, *cmd], env={**os.environ, **SERVER_ENV,
-                              "EBTUNE_UI_PID": str(os.getpid())}, start_new_session=True, preexec_fn=_die_with_parent)
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
+    server = subprocess.Popen(cmd, env={**os.environ, **SERVER_ENV}, preexec_fn=_die_with(os.getpid()))
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _healthy(url):
-            if server.poll() is not None:
-                print(f"ebtune ui: error: mlflow server exited with code {server.returncode}; see its output above",
-                      file=sys.stderr)
-                return 1
-            if time.monotonic() > deadline:
-                print(f"ebtune ui: error: mlflow server not healthy at {url} after {READY_TIMEOUT_S:.0f} s; "
-                      f"see its output above", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        print(f"MLflow UI: {url}  (store {uri}; Ctrl-C to stop)", flush=True)
-        experiment = str(pointer["experiment_id"]) if pointer else _latest_experiment(url)
-        if experiment is None:
-            print("the store has no experiment yet; run `ebtune search` first", flush=True)
-        else:
-            table, front = runs_links(url, experiment)
-            print(f"runs of the search (experiment {experiment}): {table}", flush=True)
-            print(f"Pareto front only ({FRONT_FILTER}): {front}", flush=True)
-            if not getattr(args, "no_browser", False):
-                _open_browser(table)
-        code = server.wait()
-        print(f"ebtune ui: error: mlflow server exited with code {code}; see its output above", file=sys.stderr)
+        error = _wait_healthy(server, url)
+        if error is None:
+            _print_links(url, uri, pointer, browser=not getattr(args, "no_browser", False))
+            error = f"mlflow server exited with code {server.wait()}; see its output above"
+        print(f"ebtune ui: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopping MLflow UI", flush=True)
