@@ -12,7 +12,7 @@ from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
 from ebtune.metrics.fid import make_fid
-from ebtune.search.pareto import NOISE_Z, dominates, non_dominated, relation
+from ebtune.search.pareto import dominates, feasible_front, relation
 
 from .conftest import TINY_SEARCH
 
@@ -44,22 +44,22 @@ def test_bootstrap_error_shrinks_with_more_images(real_test):
     assert 0 < large < small
 
 
-def test_differences_within_noise_are_ties_not_dominance():
+def test_differences_within_noise_are_inconclusive_not_dominance():
     a = {"fid": 10.0, "fid_std": 1.0, "macs": 1.0}
     b = {"fid": 11.0, "fid_std": 1.0, "macs": 2.0}
     assert dominates(a, b, ["fid", "macs"])  # the classic rule on point estimates
-    assert not dominates(a, b, ["fid", "macs"], NOISE_Z)
-    assert relation(a, b, ["fid", "macs"], NOISE_Z) == "matches at lower cost"
+    assert relation(a, b, ["fid", "macs"], margin=1.0) == "inconclusive"  # nor shown equivalent within 1.0
     c = {"fid": 20.0, "fid_std": 1.0, "macs": 2.0}
-    assert relation(a, c, ["fid", "macs"], NOISE_Z) == "dominates"
-    assert relation(c, a, ["fid", "macs"], NOISE_Z) == "dominated"
+    assert relation(a, c, ["fid", "macs"], margin=1.0) == "dominates"
+    assert relation(c, a, ["fid", "macs"], margin=1.0) == "worse"
 
 
-def test_a_chain_of_ties_does_not_collapse_the_front():
-    # Each point ties its cheaper neighbour, but the first and the last differ beyond noise.
-    points = [{"fid": 10.0 + 3 * i, "fid_std": 1.0, "macs": 10.0 - i} for i in range(5)]
-    front = non_dominated(points, ["fid", "macs"], NOISE_Z)
-    assert front == [0, 1, 2, 3, 4]
+def test_a_chain_of_unresolved_differences_does_not_collapse_the_front():
+    # Each point is inconclusive against its cheaper neighbour, but the first and the last differ beyond noise.
+    points = [{"fid": 10.0 + 2 * i, "fid_std": 1.0, "macs": 10.0 - i} for i in range(5)]
+    assert relation(points[1], points[0], ["fid", "macs"], 1.0) == "inconclusive"
+    assert relation(points[4], points[0], ["fid", "macs"], 1.0) == "trade-off"
+    assert feasible_front(points, ["fid", "macs"], margin=1.0) == [0, 1, 2, 3, 4]
 
 
 def test_search_confirms_on_fresh_images_and_judges_eps_fair_baselines(ebtune, tmp_path):

@@ -114,6 +114,9 @@ class Outcome:
     latents: np.ndarray
     grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
     proxy_draws: tuple[float, ...] = ()  # fid_proxy on the bootstrap resamples, paired across evaluations
+    # fid on the `metric.bootstrap` resamples of all the images: the same indices for every evaluation of a
+    # search, so two outcomes' draws give the paired error of their difference (`inference.paired_difference`)
+    quality_draws: tuple[float, ...] = ()
 
 
 def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
@@ -269,12 +272,12 @@ class Evaluator:
             raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
         imgs = np.concatenate(images)
         latency = statistics.median(seconds)
-        fid, fid_std = self.fid.score(imgs, self.bootstrap, self.seed)
+        fid, draws = self.fid.score_draws(imgs, self.bootstrap, self.seed)
         metrics = {
             **(proxy or {}),
             "images": float(len(imgs)),
             "fid": fid,
-            std_key("fid"): fid_std,
+            std_key("fid"): draws_std(draws),
             "macs": macs,
             "speedup": self.ref_macs / macs,
             "latency_s": latency,
@@ -288,7 +291,7 @@ class Evaluator:
         bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.endswith("_std")]
         if bad:
             raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
-        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), proxy_draws)
+        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), proxy_draws, tuple(float(d) for d in draws))
 
     def reference_seconds(self, labels: torch.Tensor, seed: int) -> float:
         """Wall time of sampling `labels` from `seed` uncached with the search's sampler, as `evaluate`

@@ -1,7 +1,9 @@
 """Pareto fronts over trial metrics: dominance, constraints and the knee point.
 
 Every metric a trial reports has one intrinsic direction (`DIRECTIONS`), so an objective is just a
-metric name. Points are metric mappings such as {"fid": 80.1, "macs": 6.1e8, ...}. Constraints are
+metric name. Points are metric mappings such as {"fid": 80.1, "macs": 6.1e8, ...}, or `inference.Scored`
+records that add the quality metric's bootstrap draws, so that differences get paired errors and
+`relation` can claim equivalence within a margin (`metric.margin`). Constraints are
 one-line strings, `metric <= bound` or `metric >= bound`, where bound is a number, a baseline name
 (that baseline's value of the same metric) or a baseline plus or minus a number:
 "fid <= nocache + 0.5", "speedup >= 1.3".
@@ -13,11 +15,36 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ebtune.errors import ConfigError
+from ebtune.search.inference import (
+    BETTER, EQUIVALENT, INCONCLUSIVE, WORSE, Difference, Scored, paired_difference, standing,
+)
 
 Metrics = Mapping[str, float]
 
-# Differences of a measured metric count only beyond NOISE_Z combined standard errors (≈ 95 %).
+# Rules that stop a trial rather than make a claim (the first-fidelity gate `Job.gate`, the gap gate)
+# count a difference beyond NOISE_Z standard errors *of that difference*, the paired error
+# std(draws_a − draws_b) (`inference.paired_difference`); the plots draw ± NOISE_Z of a point's own
+# error. `relation` and the front no longer use it: they claim at one-sided 95 % (`inference.Z_95`)
+# with the equivalence margin `metric.margin`, where NOISE_Z used to scale the combined independent
+# errors sqrt(σ_a² + σ_b²).
 NOISE_Z = 2.0
+
+# The relation words (`relation`), best first. Files written before paired inference used "matches at
+# lower cost", "tie" and "matched at higher cost" for "could not tell apart" (now: inconclusive, unless
+# the new statistics show equivalence) and "dominated" (now: worse).
+DOMINATES, EQUIVALENT_LOWER, EQUIVALENT_HIGHER, TRADE_OFF = (
+    "dominates", "equivalent at lower cost", "equivalent at higher cost", "trade-off")
+RELATIONS = (DOMINATES, EQUIVALENT_LOWER, EQUIVALENT, TRADE_OFF, INCONCLUSIVE, EQUIVALENT_HIGHER, WORSE)
+MIRROR = {DOMINATES: WORSE, WORSE: DOMINATES, EQUIVALENT_LOWER: EQUIVALENT_HIGHER, EQUIVALENT_HIGHER: EQUIVALENT_LOWER,
+          EQUIVALENT: EQUIVALENT, TRADE_OFF: TRADE_OFF, INCONCLUSIVE: INCONCLUSIVE}
+_TABLE = {  # quality standing → cost side → relation (the table in `relation`)
+    BETTER: {"lower": DOMINATES, "same": DOMINATES, "higher": TRADE_OFF, "mixed": TRADE_OFF},
+    EQUIVALENT: {"lower": EQUIVALENT_LOWER, "same": EQUIVALENT, "higher": EQUIVALENT_HIGHER, "mixed": TRADE_OFF},
+    WORSE: {"lower": TRADE_OFF, "same": WORSE, "higher": WORSE, "mixed": TRADE_OFF},
+    INCONCLUSIVE: dict.fromkeys(("lower", "same", "higher", "mixed"), INCONCLUSIVE),
+    "mixed": dict.fromkeys(("lower", "same", "higher", "mixed"), TRADE_OFF),
+}
+_CLASSIC = {"lower": DOMINATES, "same": EQUIVALENT, "higher": WORSE, "mixed": TRADE_OFF}  # no measured objective
 
 DIRECTIONS: dict[str, str] = {
     "fid": "minimize",
@@ -63,70 +90,108 @@ def _std(metrics: Metrics, metric: str) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
-def is_measured(a: Metrics, b: Metrics, metric: str) -> bool:
-    """True when either point carries a standard error for `metric` (a sampled quality metric)."""
-    return _std(a, metric) > 0 or _std(b, metric) > 0
-
-
-def compare(a: Metrics, b: Metrics, metric: str, z: float = 0.0) -> int:
-    """-1 when `a` is better than `b` on `metric`, +1 when worse, 0 for a tie.
-
-    With z > 0 and a standard error stored for the metric (`std_key`), a difference counts only
-    beyond z·sqrt(σ_a² + σ_b²); smaller differences are ties. Metrics without a stored error
-    (MACs, speedup) are exact.
-    """
+def compare(a: Metrics, b: Metrics, metric: str) -> int:
+    """-1 when `a` is better than `b` on `metric`, +1 when worse, 0 for equal point values."""
     diff = _cost(a, metric) - _cost(b, metric)
-    margin = z * math.hypot(_std(a, metric), _std(b, metric))
-    return -1 if diff < -margin else 1 if diff > margin else 0
+    return -1 if diff < 0 else 1 if diff > 0 else 0
 
 
-def dominates(a: Metrics, b: Metrics, objectives: Sequence[str], z: float = 0.0) -> bool:
-    """True when `a` dominates `b`.
+def dominates(a: Metrics, b: Metrics, objectives: Sequence[str]) -> bool:
+    """The classic rule on point values: `a` no worse on every objective and strictly better on one.
+    Beyond noise, see `relation` ("dominates")."""
+    signs = [compare(a, b, m) for m in objectives]
+    return all(s <= 0 for s in signs) and any(s < 0 for s in signs)
 
-    z = 0: the classic rule, no worse on every objective and strictly better on one. z > 0, beyond
-    noise: better than `b` beyond z standard errors on every measured objective (the quality
-    metric) and no worse on the exact ones (MACs). A quality tie is not a win: a cheaper point whose
-    quality is within noise *matches* `b` (see `relation`), and keeping ties out of dominance keeps
-    it transitive, so a front never collapses onto its cheapest point through a chain of ties.
+
+def scored(point: Scored | Metrics) -> Scored:
+    """`point` as a `Scored`; a bare metrics mapping (an old record) is a point without draws, judged
+    on its stored errors combined as independent."""
+    return point if isinstance(point, Scored) else Scored(point)
+
+
+def _measured(point: Scored, metric: str) -> bool:
+    """Whether `point` carries an error for `metric`: bootstrap draws or a stored standard error."""
+    return len(point.draws.get(metric, ())) > 1 or _std(point.metrics, metric) > 0
+
+
+def difference(a: Scored, b: Scored, metric: str) -> Difference:
+    """a − b on `metric` oriented so that < 0 means `a` is better, with its paired error (see
+    `inference.paired_difference`; the independent errors when the draws do not pair)."""
+    d = paired_difference(a.draws.get(metric, ()), b.draws.get(metric, ()), float(a.metrics[metric]),
+                          float(b.metrics[metric]), _std(a.metrics, metric), _std(b.metrics, metric))
+    return d if direction(metric) == "minimize" else d.negated()
+
+
+def _cost_side(signs: Sequence[int]) -> str:
+    if all(s == 0 for s in signs):
+        return "same"
+    if all(s <= 0 for s in signs):
+        return "lower"
+    return "higher" if all(s >= 0 for s in signs) else "mixed"
+
+
+def _quality(standings: Sequence[str]) -> str:
+    """One standing over several measured objectives; better on one and worse on another: "mixed"."""
+    seen = set(standings)
+    if seen <= {EQUIVALENT}:
+        return EQUIVALENT
+    if INCONCLUSIVE in seen:
+        return INCONCLUSIVE
+    return BETTER if seen <= {BETTER, EQUIVALENT} else WORSE if seen <= {WORSE, EQUIVALENT} else "mixed"
+
+
+def relation(point: Scored | Metrics, baseline: Scored | Metrics, objectives: Sequence[str], margin: float) -> str:
+    """How `point` stands against `baseline`: one of `RELATIONS`.
+
+    Measured objectives (the quality metric: draws or a stored error) get a standing from their
+    paired difference (`inference.standing`: equivalent within `margin` by TOST at 95 %, else better
+    or worse beyond the one-sided 95 % bound, else inconclusive); the others (MACs, latency,
+    speedup) are costs, compared exactly: lower (≤ on all, < on one), same, higher, or mixed.
+
+    | quality / cost | lower                    | same       | higher                    | mixed     |
+    |----------------|--------------------------|------------|---------------------------|-----------|
+    | better         | dominates                | dominates  | trade-off                 | trade-off |
+    | equivalent     | equivalent at lower cost | equivalent | equivalent at higher cost | trade-off |
+    | worse          | trade-off                | worse      | worse                     | trade-off |
+    | inconclusive   | inconclusive             | ...        | ...                       | ...       |
+
+    Quality better on one measured objective and worse on another is a trade-off. Without a measured
+    objective (no bootstrap) every objective is a cost and the words are the classic Pareto ones:
+    lower → dominates, same → equivalent, higher → worse, mixed → trade-off. relation(b, a) is
+    `MIRROR[relation(a, b)]`.
     """
-    if z <= 0:
-        signs = [compare(a, b, m) for m in objectives]
-        return all(s <= 0 for s in signs) and any(s < 0 for s in signs)
-    measured = [m for m in objectives if is_measured(a, b, m)]
-    exact = [m for m in objectives if m not in measured]
+    a, b = scored(point), scored(baseline)
+    measured = [m for m in objectives if _measured(a, m) or _measured(b, m)]
+    cost = _cost_side([compare(a.metrics, b.metrics, m) for m in objectives if m not in measured])
     if not measured:
-        return dominates(a, b, objectives)
-    return all(compare(a, b, m, z) < 0 for m in measured) and all(compare(a, b, m) <= 0 for m in exact)
+        return _CLASSIC[cost]
+    return _TABLE[_quality([standing(difference(a, b, m), margin) for m in measured])][cost]
 
 
-def relation(a: Metrics, b: Metrics, objectives: Sequence[str], z: float) -> str:
-    """How `a` stands against `b`, beyond noise (z standard errors) on the measured objectives:
-    "dominates" / "dominated" (see `dominates`), "matches at lower cost" / "matched at higher cost"
-    (quality within noise, exact objectives one way), "tie", or "trade-off"."""
-    if dominates(a, b, objectives, z):
-        return "dominates"
-    if dominates(b, a, objectives, z):
-        return "dominated"
-    measured = [m for m in objectives if is_measured(a, b, m)]
-    if all(compare(a, b, m, z) == 0 for m in measured):
-        exact = [compare(a, b, m) for m in objectives if m not in measured]
-        if all(s == 0 for s in exact):
-            return "tie"
-        if all(s <= 0 for s in exact):
-            return "matches at lower cost"
-        if all(s >= 0 for s in exact):
-            return "matched at higher cost"
-    return "trade-off"
-
-
-def non_dominated(points: Sequence[Metrics], objectives: Sequence[str], z: float = 0.0) -> list[int]:
-    """Indices of the points no other point dominates; points with a non-finite objective are left out.
-
-    Duplicates (equal on every objective) are all kept: neither dominates the other. With z > 0 a
-    point dominated only within the metrics' noise stays (see `compare`).
+def distinct_front(points: Sequence[Scored | Metrics], objectives: Sequence[str], margin: float) -> list[int]:
+    """Indices of the points a person can tell apart: no point dominates them (`relation`, beyond
+    noise), and none is equivalent within `margin` to a cheaper point already kept. Points are taken
+    cheapest first (lexicographically on the cost objectives), so a chain of equivalences never
+    collapses the front onto its cheapest point: each point is compared only with kept ones. Points
+    with a non-finite objective are left out.
     """
+    pts = [scored(p) for p in points]
+    usable = [i for i, p in enumerate(pts) if all(math.isfinite(float(p.metrics.get(m, math.nan))) for m in objectives)]
+    undominated = [i for i in usable if not any(
+        relation(pts[j], pts[i], objectives, margin) == DOMINATES for j in usable if j != i)]
+    costs = [m for m in objectives if not any(_measured(p, m) for p in pts)]
+    kept: list[int] = []
+    for i in sorted(undominated, key=lambda i: ([_cost(pts[i].metrics, m) for m in costs], i)):
+        if not any(relation(pts[j], pts[i], objectives, margin) == EQUIVALENT_LOWER for j in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
+def non_dominated(points: Sequence[Metrics], objectives: Sequence[str]) -> list[int]:
+    """Indices of the points no other point dominates (the classic rule, `dominates`); points with a
+    non-finite objective are left out. Duplicates (equal on every objective) are all kept."""
     usable = [i for i, p in enumerate(points) if all(math.isfinite(float(p.get(m, math.nan))) for m in objectives)]
-    return [i for i in usable if not any(dominates(points[j], points[i], objectives, z) for j in usable if j != i)]
+    return [i for i in usable if not any(dominates(points[j], points[i], objectives) for j in usable if j != i)]
 
 
 def knee(points: Sequence[Metrics], objectives: Sequence[str]) -> int:
@@ -197,9 +262,11 @@ class Constraint:
 
 
 def feasible_front(
-    points: Sequence[Metrics], objectives: Sequence[str], constraints: Sequence[Constraint] = (),
-    baselines: Mapping[str, Metrics] | None = None, z: float = 0.0,
+    points: Sequence[Scored | Metrics], objectives: Sequence[str], constraints: Sequence[Constraint] = (),
+    baselines: Mapping[str, Metrics] | None = None, margin: float = 0.0,
 ) -> list[int]:
-    """Indices of the non-dominated points (beyond noise, for z > 0) among those meeting every constraint."""
-    ok = [i for i, p in enumerate(points) if all(c.violation(p, baselines or {}) <= 0 for c in constraints)]
-    return [ok[i] for i in non_dominated([points[i] for i in ok], objectives, z)]
+    """Indices of `distinct_front` among the points meeting every constraint (margin 0: no point is
+    dropped for equivalence, only for dominance beyond noise)."""
+    pts = [scored(p) for p in points]
+    ok = [i for i, p in enumerate(pts) if all(c.violation(p.metrics, baselines or {}) <= 0 for c in constraints)]
+    return [ok[i] for i in distinct_front([pts[i] for i in ok], objectives, margin)]
