@@ -22,6 +22,7 @@ from ebtune.sampling.samplers import SAMPLER_STEPS, Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.search.evaluator import latency_batch, latency_pairs
 from ebtune.search.gap_gate import check_gap_prune
+from ebtune.search.inference import equivalence_margin
 from ebtune.search.pareto import Constraint, direction, objective_names
 from ebtune.search.space import SearchSpace, load_space
 from ebtune.search.study import check_sampler
@@ -117,6 +118,7 @@ def _check_metric(metric: Mapping[str, Any], decoder: str) -> None:
         raise ConfigError("metric.n_samples must be at least 2 (FID needs a covariance)")
     check_gap_prune(metric, decoder)
     latency_pairs(metric)
+    equivalence_margin(metric)
 
 
 def _name(cfg: Mapping[str, Any], model: str, space: str) -> str:

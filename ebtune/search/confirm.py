@@ -17,7 +17,8 @@ from ebtune.io.schedule_file import load_schedule_file
 from ebtune.run.factory import resolve_device
 from ebtune.search.baselines import NO_CACHE
 from ebtune.search.evaluator import Evaluator, Reference
-from ebtune.search.pareto import NOISE_Z, relation, std_key
+from ebtune.search.pareto import DOMINATES, relation, std_key
+from ebtune.search.records import QUALITY_DRAWS, scored, shown
 from ebtune.search.views import Views
 
 
@@ -49,8 +50,9 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
     """Re-score the front and the baselines of the search `views` shows, read from its study, under
     the resolved search config `cfg` (its `metric.n_samples` images from its seed; see
     `search_overrides`); writes `confirmed.json` in the search folder and returns it. Record it in
-    the study with `views.record_confirmation`. `dominates` and `relations` judge each front point
-    against each baseline beyond NOISE_Z standard errors of the quality metric.
+    the study with `views.record_confirmation`. `relations` judge each front point against each
+    baseline with paired inference and the search's margin (`pareto.relation`); `dominates` lists
+    the baselines each point dominates.
 
     Raises:
         ConfigError: n_samples < 1, or the search has no front yet.
@@ -72,16 +74,16 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         searched = entry.get("search_metrics", entry["metrics"])
         rows.append({"name": entry["name"], "trial": entry.get("number"), "metrics": outcome.metrics,
-                     "search_metrics": searched})
+                     "search_metrics": searched, QUALITY_DRAWS: list(outcome.quality_draws)})
         m = outcome.metrics
         log(f"confirm {entry['name']:>18}: fid {m['fid']:.4g} ± {m[std_key('fid')]:.2g} (search {searched['fid']:.4g})  "
             f"speedup {m['speedup']:.2f}x")
-    objectives = views.objectives
+    objectives, margin = views.objectives, views.record.margin
     baselines = [r for r in rows if r["trial"] is None]
-    relations = {r["name"]: {b["name"]: relation(r["metrics"], b["metrics"], objectives, NOISE_Z) for b in baselines}
+    relations = {r["name"]: {b["name"]: relation(scored(r), scored(b), objectives, margin) for b in baselines}
                  for r in rows if r["trial"] is not None}
-    dominated = {name: [b for b, rel in rels.items() if rel == "dominates"] for name, rels in relations.items()}
+    dominated = {name: [b for b, rel in rels.items() if rel == DOMINATES] for name, rels in relations.items()}
     result = {"n_samples": n_samples, "seed": int(cfg["seed"]), "evaluator": evaluator.fid.name, "objectives": objectives,
-              "noise_z": NOISE_Z, "rows": rows, "dominates": dominated, "relations": relations}
-    write_json(views.folder / "confirmed.json", result)
+              "margin": margin, "rows": rows, "dominates": dominated, "relations": relations}
+    write_json(views.folder / "confirmed.json", {**result, "rows": [shown(r) for r in rows]})
     return result

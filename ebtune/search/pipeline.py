@@ -32,13 +32,13 @@ from ebtune.search.confirm import confirm, fresh_seed
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.job import Job, SearchStopped, sigterm_interrupts
 from ebtune.search.launchers import LAUNCHERS
-from ebtune.search.pareto import NOISE_Z, relation, std_key
 from ebtune.search.recorder import Recorder, git_commit, pareto_meta
-from ebtune.search.records import set_views_source
+from ebtune.search.records import set_views_source, shown
 from ebtune.search.seeding import seed_study
 from ebtune.search.space import SearchSpace
 from ebtune.search.study import done_trials, open_study, reap
 from ebtune.search.tracking import SearchTracker, default_uri
+from ebtune.search.verdict import Verdict
 from ebtune.search.views import Views
 
 
@@ -53,6 +53,7 @@ class SearchResult:
     baselines: list[dict[str, Any]]
     confirmation: dict[str, Any] | None
     cost_macs: float  # images × MACs per image over every evaluation, confirmation included
+    verdict: Verdict
     tracking_uri: str
     mlflow_parent: str | None  # the parent run (experiment name, run id); None while the store was unreachable
     stopped: str | None = None  # why the search stopped early (`search.max_consecutive_failures`)
@@ -207,36 +208,23 @@ def _finish(session: Session, status: str, stopped: str | None) -> SearchResult:
     front = recorder.finish(status)
     return SearchResult(
         name=session.config.name, folder=session.config.folder, status=status, front=front,
-        baselines=recorder.current_baselines(), confirmation=recorder.confirmation, cost_macs=recorder.cost(),
+        baselines=[shown(b) for b in recorder.current_baselines()], confirmation=recorder.confirmation,
+        cost_macs=recorder.cost(), verdict=views.verdict(),
         tracking_uri=views.tracker.uri,
         mlflow_parent=(f"experiment {views.tracker.experiment}, parent run {views.parent_run_id}"
                        if views.parent_run_id is not None and views.guard.up else None),
         stopped=stopped)
 
 
-def _fmt(m: dict, key: str) -> str:
-    std = m.get(std_key(key))
-    return f"{key} {m[key]:.4g}" + (f" ± {std:.2g}" if isinstance(std, float) and std == std else "")
-
-
 def report(result: SearchResult, objectives: tuple[str, ...], log: Callable[[str], None] = print) -> None:
-    """The front, sorted by the first objective, how each front point stands against each baseline
-    beyond the quality metric's noise, the sampling cost and where everything is."""
+    """The verdict (at most ten lines: the recommendation, then caching against the best schedule
+    that caches nothing at each speed the front reaches), the sampling cost and where the rest is:
+    every relation of every point is in pareto.json, MLflow and the plot."""
     confirmed = result.confirmation
-    where = (f"confirmed on {confirmed['n_samples']} fresh images" if confirmed else "on the search's images, not confirmed")
-    log(f"Pareto front ({len(result.front)} point(s)) over {', '.join(objectives)}, {where}; differences count beyond "
-        f"{NOISE_Z:g} standard errors:")
-    for point in sorted(result.front, key=lambda p: p["metrics"][objectives[0]]):
-        m = point["metrics"]
-        log(f"  {point['name']}: " + "  ".join(_fmt(m, k) for k in objectives)
-            + f"  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s  -> {point['schedule_file']}")
-    for base in result.baselines:
-        rel = {p["name"]: relation(p["metrics"], base["metrics"], list(objectives), NOISE_Z) for p in result.front}
-        kinds = [k for k in ("dominates", "matches at lower cost", "tie", "trade-off", "matched at higher cost", "dominated")
-                 if k in rel.values()]
-        said = "; ".join(f"{k}: {', '.join(n for n, r in rel.items() if r == k)}" for k in kinds) or "no front point"
-        log(f"  baseline {base['name']} ({_fmt(base['metrics'], objectives[0])}, speedup "
-            f"{base['metrics']['speedup']:.2f}x) <- {said}")
+    where = f"confirmed on {confirmed['n_samples']} fresh images" if confirmed else "on the search's images, not confirmed"
+    log(f"verdict ({len(result.front)} distinguishable front point(s) over {', '.join(objectives)}, {where}):")
+    for line in result.verdict.lines():
+        log(f"  {line}")
     log(f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs (images x MACs per image, baselines, trials and "
         f"confirmation included)")
     log(f"search folder: {result.folder}")

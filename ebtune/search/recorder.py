@@ -24,7 +24,16 @@ from ebtune.search.baselines import Baseline
 from ebtune.search.evaluator import Evaluator, Outcome
 from ebtune.search.pareto import Constraint, std_key
 from ebtune.search.space import SearchSpace
-from ebtune.search.records import FAIL_REASON, run_ids, set_baseline, store_result, trial_name, unconfirm
+from ebtune.search.records import (
+    FAIL_REASON,
+    PROXY_DRAWS,
+    QUALITY_DRAWS,
+    run_ids,
+    set_baseline,
+    store_result,
+    trial_name,
+    unconfirm,
+)
 from ebtune.search.study import done_trials
 from ebtune.search.views import Views
 
@@ -126,7 +135,7 @@ class Recorder:
         parent = self.views.parent_run_id
         rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
         record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
-                  "proxy_draws": list(outcome.proxy_draws)}
+                  QUALITY_DRAWS: list(outcome.quality_draws), PROXY_DRAWS: list(outcome.proxy_draws)}
         set_baseline(self.study, record)
         self.views.baseline(record)
         m = outcome.metrics
@@ -146,7 +155,7 @@ class Recorder:
             self._started = time.perf_counter()
         self.views.trial_running(number, params)
 
-    def prepare(self, trial: Any, params: dict[str, Any], metrics: dict[str, float],
+    def prepare(self, trial: Any, params: dict[str, Any], metrics: dict[str, float], quality_draws: Sequence[float],
                 grid: np.ndarray | None = None) -> None:
         """Before a completed trial is told: its schedule file and grid, then its metrics, each metric on its
         own, its constraint violations and its schedule file as user attributes of the Optuna trial."""
@@ -155,7 +164,7 @@ class Recorder:
         rel = self._save(name, schedule, sampler, self.space.eps_form(params), params, metrics,
                          run_ids(self.study).get(trial.number))
         self._grid(name, grid)
-        store_result(trial, metrics, self.violations(metrics), rel)
+        store_result(trial, metrics, self.violations(metrics), rel, quality_draws)
 
     def told(self, number: int) -> None:
         """After trial `number` was told: its MLflow view, the front, pareto.json, one progress line."""

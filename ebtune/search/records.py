@@ -3,16 +3,18 @@
 Study attributes:
 - `search`: the settings a resume must match; `search_id`: the search's own id (its MLflow parent
   run carries it); `session.<k>`: the sessions that opened it (their index seeds their sampler).
-- `baselines`: one record per evaluated baseline (name, params, metrics, schedule_file, proxy_draws).
-- `confirmed`: the front's confirmation (n_samples, seed, noise_z, trials and baselines' metrics),
-  whichever command ran it; None or absent before one ran.
+- `baselines`: one record per evaluated baseline (name, params, metrics, schedule_file, quality and
+  proxy draws).
+- `confirmed`: the front's confirmation (n_samples, seed, margin, trials' and baselines' metrics and
+  quality draws), whichever command ran it; None or absent before one ran.
 - `tracking`, `mlflow_start`, `pareto_meta`: what `ebtune sync` needs to rebuild the views without a
   model; `mlflow_run.<n>` and `mlflow_synced.<n>`: the MLflow view's progress per trial.
 - `calibrated_seed` (`ebtune.search.seeding`) and the gap records (`ebtune.search.gap_gate`).
 
 Trial attributes: `metrics` (every reported metric) and each metric on its own (for
 optuna-dashboard), `constraints` (violations, ≤ 0 = satisfied), `schedule_file` (written before the
-tell), `proxy_draws` (the first-fidelity gate's paired draws), `fail_reason` (a real failure),
+tell), `quality_draws` (the quality metric's bootstrap draws, paired with every other evaluation's),
+`proxy_draws` (the first-fidelity gate's paired draws), `fail_reason` (a real failure),
 `ebtune.session` (host:pid:start of the process running it) and `ebtune.heartbeat`.
 
 `SearchRecord(study)` reads a study: its trials, baselines, confirmation and feasible front, each a
@@ -21,12 +23,13 @@ pure function of the stored attributes, so `pareto.json`, MLflow, `export` and `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
-from ebtune.search.pareto import NOISE_Z, Constraint, feasible_front
+from ebtune.search.inference import Scored
+from ebtune.search.pareto import Constraint, feasible_front
 
 # study attributes
 SETTINGS = "search"
@@ -43,6 +46,7 @@ METRICS = "metrics"
 CONSTRAINTS = "constraints"
 SCHEDULE_ATTR = "schedule_file"
 PROXY_DRAWS = "proxy_draws"
+QUALITY_DRAWS = "quality_draws"  # the quality metric's bootstrap draws: paired across every evaluation
 FAIL_REASON = "fail_reason"
 SESSION_ATTR = "ebtune.session"
 HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
@@ -63,9 +67,10 @@ def set_confirmation(study: optuna.Study, result: dict[str, Any]) -> None:
     """Store `ebtune.search.confirm.confirm`'s result: from now on the front uses its numbers."""
     rows = result["rows"]
     study.set_user_attr(CONFIRMED, {
-        "n_samples": result["n_samples"], "seed": result["seed"], "noise_z": result["noise_z"],
+        "n_samples": result["n_samples"], "seed": result["seed"], "margin": result["margin"],
         "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
-        "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None}})
+        "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None},
+        "draws": {r["name"]: r[QUALITY_DRAWS] for r in rows}})
 
 
 def unconfirm(study: optuna.Study) -> None:
@@ -82,9 +87,11 @@ def set_views_source(study: optuna.Study, tracking: dict[str, str], mlflow_start
     study.set_user_attr(PARETO_META, meta)
 
 
-def store_result(trial: Any, metrics: dict[str, float], violations: list[float], schedule_file: str) -> None:
+def store_result(trial: Any, metrics: dict[str, float], violations: list[float], schedule_file: str,
+                 quality_draws: Sequence[float]) -> None:
     """A completed trial's results, stored before it is told."""
     trial.set_user_attr(METRICS, metrics)
+    trial.set_user_attr(QUALITY_DRAWS, [float(d) for d in quality_draws])
     for key, value in metrics.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr(CONSTRAINTS, violations)
@@ -130,6 +137,12 @@ class SearchRecord:
         return [Constraint.parse(c) for c in self.settings["constraints"]]
 
     @property
+    def margin(self) -> float:
+        """`metric.margin` the search was started with; 0 (equivalence never claimed) for a study
+        started before margins existed."""
+        return float(self.settings["metric"].get("margin", 0.0))
+
+    @property
     def meta(self) -> dict[str, Any]:
         return self.study.user_attrs[PARETO_META]
 
@@ -146,28 +159,42 @@ class SearchRecord:
         """Every completed trial as {number, name, params, metrics, schedule_file, mlflow_run_id}."""
         runs = run_ids(self.study)
         return [{"number": t.number, "name": trial_name(t.number), "params": dict(t.params),
-                 "metrics": t.user_attrs[METRICS],
+                 "metrics": t.user_attrs[METRICS], QUALITY_DRAWS: t.user_attrs.get(QUALITY_DRAWS, []),
                  "schedule_file": t.user_attrs.get(SCHEDULE_ATTR, f"schedules/{trial_name(t.number)}.json"),
                  "mlflow_run_id": runs.get(t.number)}
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if METRICS in t.user_attrs]
 
     def current_baselines(self) -> list[dict[str, Any]]:
-        """The baseline records, with confirmed metrics (and the search's as `search_metrics`) once confirmed."""
+        """The baseline records, with confirmed metrics and draws (and the search's metrics as
+        `search_metrics`) once confirmed."""
         confirmed = self.confirmation
         shown = [{k: v for k, v in b.items() if k != PROXY_DRAWS} for b in self.baselines]  # the gate's, not a result
         if not confirmed:
             return shown
-        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"]}
+        return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"],
+                 QUALITY_DRAWS: confirmed.get("draws", {}).get(b["name"], [])}
                 for b in shown if b["name"] in confirmed["baselines"]]
 
     def front(self, objectives: list[str], constraints: list[Constraint]) -> list[dict[str, Any]]:
-        """The feasible front beyond noise (NOISE_Z); once confirmed, among the confirmed points and
-        on their confirmed metrics."""
+        """The feasible front a person can tell apart (`pareto.feasible_front`, paired draws and the
+        search's margin); once confirmed, among the confirmed points and on their confirmed metrics."""
         records = self.trials()
         confirmed = self.confirmation
         if confirmed:
-            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"]}
+            records = [{**r, "metrics": confirmed["trials"][str(r["number"])], "search_metrics": r["metrics"],
+                        QUALITY_DRAWS: confirmed.get("draws", {}).get(r["name"], [])}
                        for r in records if str(r["number"]) in confirmed["trials"]]
         baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
-        idx = feasible_front([r["metrics"] for r in records], objectives, constraints, baselines, NOISE_Z)
+        idx = feasible_front([scored(r) for r in records], objectives, constraints, baselines, self.margin)
         return [records[i] for i in idx]
+
+
+def scored(record: Mapping[str, Any]) -> Scored:
+    """A baseline or trial record as paired inference judges it: its metrics and quality draws."""
+    return Scored(record["metrics"], {"fid": tuple(record.get(QUALITY_DRAWS, ()))}, record["name"],
+                  record.get("params", {}))
+
+
+def shown(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as files and MLflow show it: without its draws."""
+    return {k: v for k, v in record.items() if k not in (QUALITY_DRAWS, PROXY_DRAWS)}

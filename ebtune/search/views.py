@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.io.atomic import write_json
 from ebtune.io.locks import held
-from ebtune.search.pareto import NOISE_Z, Constraint, relation
+from ebtune.search.pareto import Constraint, relation
 from ebtune.search.plots import quality_label, write_pareto_plots
 from ebtune.search.records import (
     FAIL_REASON,
@@ -35,6 +35,8 @@ from ebtune.search.records import (
     TRACKING,
     SearchRecord,
     mark_synced,
+    scored,
+    shown,
     run_ids,
     set_confirmation,
     set_run_id,
@@ -42,6 +44,7 @@ from ebtune.search.records import (
     trial_name,
 )
 from ebtune.search.tracking import GuardedTracker, SearchTracker
+from ebtune.search.verdict import Verdict, verdict
 
 VIEWS_LOCK = ".views.lock"
 # How long a views write waits for another session's before it fails with one line (`ebtune.io.locks`).
@@ -205,7 +208,8 @@ class Views:
 
     @_one_writer
     def update_front(self) -> list[dict[str, Any]]:
-        """Recompute the front, retag MLflow runs when it changed, rewrite pareto.json."""
+        """Recompute the front, retag MLflow runs when it changed, rewrite pareto.json (with the
+        verdict); returns the front as files show it."""
         front = self.front()
         numbers = {r["number"] for r in front}
         connected = self._started and self.guard.ready()
@@ -215,7 +219,8 @@ class Views:
                 self._front_numbers = numbers
         baselines = self.current_baselines()
         for point in front:
-            relations = {b["name"]: relation(point["metrics"], b["metrics"], self.objectives, NOISE_Z) for b in baselines}
+            relations = {b["name"]: relation(scored(point), scored(b), self.objectives, self.record.margin)
+                         for b in baselines}
             if connected and relations != self._tagged.get(point["number"]):
                 self.guard.call("tag_relations", point["number"], relations)
                 if self.guard.up:
@@ -223,11 +228,19 @@ class Views:
             point["relations"] = relations
         confirmed = self.confirmation
         doc = {**self.meta, "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
-               "noise_z": NOISE_Z, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
+               "margin": self.record.margin, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
                "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
-               "baselines": baselines, "points": front}
+               "verdict": self.verdict(front, baselines).to_dict(),
+               "baselines": [shown(b) for b in baselines], "points": [shown(p) for p in front]}
         write_json(self.folder / "pareto.json", doc)
-        return front
+        return doc["points"]
+
+    def verdict(self, front: list[dict[str, Any]] | None = None, baselines: list[dict[str, Any]] | None = None) -> Verdict:
+        """The search's verdict (`ebtune.search.verdict`) on its current front and baselines."""
+        front = self.front() if front is None else front
+        baselines = self.current_baselines() if baselines is None else baselines
+        return verdict([scored(p) for p in front], [scored(b) for b in baselines], self.objectives,
+                       self.record.margin, self.constraints)
 
     def _have_runs(self, numbers: set[int]) -> bool:
         """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
@@ -256,11 +269,11 @@ class Views:
         confirmed = self.confirmation
         n_samples = confirmed["n_samples"] if confirmed else self.meta["n_samples"]
         quality = quality_label(self.meta["quality_evaluator"], n_samples)
-        write_pareto_plots(self.folder, trials, front, self.current_baselines(), self.objectives,
-                           self.meta["quality_evaluator"], n_samples)
+        baselines = [shown(b) for b in self.current_baselines()]
+        write_pareto_plots(self.folder, trials, front, baselines, self.objectives, self.meta["quality_evaluator"],
+                           n_samples)
         if self._connected() and self._have_runs({p["number"] for p in front}):
-            self.guard.call("finish", front, self.current_baselines(), trials, self.objectives, status=status,
-                            quality=quality)
+            self.guard.call("finish", front, baselines, trials, self.objectives, status=status, quality=quality)
         return front
 
 
