@@ -135,8 +135,12 @@ class GapGate:
     it calls the gate, which computes this trial's gap record (kept as `record`, and `eps_gap` in
     the proxy metrics), then keeps the trial only if both the FID rule and `gap_beaten` do.
 
+    Built in the driver and, under `launcher=ray`, pickled to the worker that runs the trial: until
+    `observe` every attribute is a plain value (give a picklable `fid_keep`, e.g. `ProxyRule`). The
+    record it computes goes on the trial through `ebtune.search.job.gate_attrs`.
+
     Args:
-        fid_keep: the FID-proxy rule (`Job.gate` without the gap).
+        fid_keep: the FID-proxy rule (`ebtune.search.job.ProxyRule`).
         known: gap records of the evaluated points. reference: ‖ε‖_i, (K,).
         channels: the latent channel count; n_proxy, bootstrap, seed: the proxy size and the paired resampling.
     """
@@ -176,8 +180,3 @@ class GapGate:
         proxy["eps_gap"] = self.record.gap
         keep = self.fid_keep(proxy, draws)
         return keep and not gap_beaten(self.record, self.known)
-
-    def store(self, trial: Any) -> None:
-        """Keep this evaluation's gap record on its Optuna trial (before it is told), for later gates."""
-        if self.record is not None:
-            trial.set_user_attr(GAP_KEY, self.record.to_attr())

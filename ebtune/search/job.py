@@ -13,7 +13,7 @@ import signal
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference, TrialError
-from ebtune.search.gap_gate import GapGate, gap_enabled
+from ebtune.search.gap_gate import GAP_KEY, GapGate, gap_enabled
 from ebtune.search.pareto import NOISE_Z
 from ebtune.search.recorder import Recorder
 from ebtune.search.space import SearchSpace
@@ -82,31 +82,58 @@ class Job:
         return [float(metrics[m]) for m in self.objectives]
 
     def gate(self) -> Gate:
-        """The multi-fidelity rule: stop a trial after its first `metric.n_proxy` images when an
-        evaluated point that costs no more (a baseline or a finished trial) is better on fid_proxy
-        beyond NOISE_Z paired standard errors: the trial cannot then reach the front. Every
-        evaluation draws the same images' seeds and the same bootstrap resamples, so the error of a
-        difference is the spread of the paired draws' differences, which cancels the small-sample
-        bias and most of the noise both share. The proxy is the quality metric itself on fewer
-        images, not the distance to the uncached output: ε scaling moves samples away from the
-        uncached ones while improving them."""
+        """The gate of the next trial, built from what the study knows now: `ProxyRule` over the
+        evaluated points, inside a `GapGate` when `metric.gap_prune` is on. Both are plain picklable
+        values, so a launcher may build the gate in the driver and run it in a worker."""
         known = [(b["metrics"], b.get("proxy_draws", [])) for b in self.recorder.baselines]
         known += [(t.user_attrs["metrics"], t.user_attrs.get("proxy_draws", [])) for t in self.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
-        known = [(m, np.asarray(d)) for m, d in known if "fid_proxy" in m and len(d) > 1]
-
-        def keep(proxy: dict[str, float], draws: list[float]) -> bool:
-            mine = np.asarray(draws)
-            for metrics, theirs in known:
-                if metrics["macs"] <= proxy["macs"] and len(theirs) == len(mine):
-                    diff = theirs - mine  # < 0: the known point is better
-                    if metrics["fid_proxy"] - proxy["fid_proxy"] < -NOISE_Z * float(np.std(diff, ddof=1)):
-                        return False
-            return True
-
+        rule = ProxyRule(tuple((float(m["macs"]), float(m["fid_proxy"]), tuple(map(float, d)))
+                               for m, d in known if "fid_proxy" in m and len(d) > 1))
         if gap_enabled(self.cfg["metric"]):  # metric.gap_prune: the exposure-bias gap rule on top
-            return GapGate.of_search(keep, self.study, self.evaluator)
-        return keep
+            return GapGate.of_search(rule, self.study, self.evaluator)
+        return rule
+
+
+@dataclass(frozen=True)
+class ProxyRule:
+    """The multi-fidelity rule: stop a trial after its first `metric.n_proxy` images when an
+    evaluated point that costs no more (a baseline or a finished trial) is better on fid_proxy
+    beyond NOISE_Z paired standard errors: the trial cannot then reach the front. Every
+    evaluation draws the same images' seeds and the same bootstrap resamples, so the error of a
+    difference is the spread of the paired draws' differences, which cancels the small-sample
+    bias and most of the noise both share. The proxy is the quality metric itself on fewer
+    images, not the distance to the uncached output: ε scaling moves samples away from the
+    uncached ones while improving them.
+
+    Args:
+        known: (macs, fid_proxy, paired proxy draws) of every evaluated point with draws.
+    """
+
+    known: tuple[tuple[float, float, tuple[float, ...]], ...] = field(repr=False)
+
+    def __call__(self, proxy: dict[str, float], draws: list[float]) -> bool:
+        mine = np.asarray(draws)
+        for macs, fid_proxy, theirs in self.known:
+            if macs <= proxy["macs"] and len(theirs) == len(mine):
+                diff = np.asarray(theirs) - mine  # < 0: the known point is better
+                if fid_proxy - proxy["fid_proxy"] < -NOISE_Z * float(np.std(diff, ddof=1)):
+                    return False
+        return True
+
+
+def gate_attrs(outcome: Outcome, gate: Gate) -> dict[str, Any]:
+    """What a completed trial keeps for the gates of later trials, as user attributes set before its
+    tell: its proxy's paired draws and, under the gap rule, its gap record (plain JSON values)."""
+    attrs: dict[str, Any] = {"proxy_draws": list(outcome.proxy_draws)}
+    if isinstance(gate, GapGate) and gate.record is not None:
+        attrs[GAP_KEY] = gate.record.to_attr()
+    return attrs
+
+
+def timeout_reason(seconds: float) -> str:
+    """The one line a trial past `search.trial_timeout_s` fails with, whichever launcher stopped it."""
+    return f"trial ran past search.trial_timeout_s={seconds:g}s"
 
 
 def score(evaluator: Evaluator, space: SearchSpace, params: Mapping[str, Any], reference: Reference,
@@ -139,7 +166,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise RuntimeError("search.trial_timeout_s needs a local trial in the main thread on POSIX")
 
     def expire(signum: int, frame: Any) -> None:
-        raise TrialTimeout(f"trial ran past search.trial_timeout_s={seconds:g}s")
+        raise TrialTimeout(timeout_reason(seconds))
 
     before = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -19,9 +19,18 @@ class Launcher(ABC):
         """
 
 
-def check_streak(job: Job) -> None:
-    """Stop the search after `search.max_consecutive_failures` real failures in a row (0 = never)."""
+def failure_streak(job: Job) -> str | None:
+    """Why the search must stop: `search.max_consecutive_failures` real failures in a row (0 = never),
+    or None."""
     limit = int(job.cfg["search"].get("max_consecutive_failures") or 0)
     if limit and job.recorder.streak >= limit:
-        raise SearchStopped(f"{job.recorder.streak} trials failed in a row (search.max_consecutive_failures={limit}); "
-                            f"fix the cause shown above, then run the same command to resume")
+        return (f"{job.recorder.streak} trials failed in a row (search.max_consecutive_failures={limit}); "
+                f"fix the cause shown above, then run the same command to resume")
+    return None
+
+
+def check_streak(job: Job) -> None:
+    """Raise `SearchStopped` when `failure_streak` says so."""
+    why = failure_streak(job)
+    if why is not None:
+        raise SearchStopped(why)

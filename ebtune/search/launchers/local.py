@@ -14,8 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import TrialPruned
-from ebtune.search.gap_gate import GapGate
-from ebtune.search.job import Job, score, time_limit, trial_error
+from ebtune.search.job import Job, gate_attrs, score, time_limit, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
 from ebtune.search.study import FAIL_REASON, Heartbeat, claim, retry, stored_trial_id
 
@@ -50,9 +49,8 @@ class LocalLauncher(Launcher):
                     gate = job.gate()
                     outcome = score(job.evaluator, job.space, params, job.reference, gate)
                     values = job.values(outcome.metrics)
-                trial.set_user_attr("proxy_draws", list(outcome.proxy_draws))
-                if isinstance(gate, GapGate):
-                    gate.store(trial)  # its gap record, for the gates of later trials
+                for key, value in gate_attrs(outcome, gate).items():
+                    trial.set_user_attr(key, value)
                 job.recorder.prepare(trial, params, outcome.metrics, outcome.grid)
                 study.tell(trial, values)
             except TrialPruned as pruned:

@@ -1,12 +1,15 @@
 """The Ray Tune side of `launcher=ray`, imported only then: the trial function that runs in Ray
-workers, the Optuna searcher that keeps every metric on the study, and the driver callback that
-records each finished trial (MLflow logging happens in the driver, after each result).
+workers, the Optuna searcher that keeps every metric on the study, Tune's stopper for the search's
+limits, and the driver callback that records each finished trial (MLflow logging happens in the
+driver, after each result).
 
-The searcher counts the budget in the study before each suggestion (so sessions share it), the
-driver keeps a heartbeat for each trial it asked, a worker enforces `search.trial_timeout_s` by
-scoring in a thread it stops waiting for (the trial errors, and Tune discards that actor), and the
-reason of every failure is stored on the Optuna trial before it is told. A killed driver's Ray
-session folders (`/tmp/ebtune-ray-*` links) are removed by the next start.
+A trial goes through the same gate as a local one: the searcher builds it in the driver when it asks
+the trial (`Job.gate`, plain picklable values) and puts it in the trial's config; the worker runs it
+and reports a pruned trial, which the searcher tells PRUNED with its stage-1 metrics. The searcher
+counts the budget in the study before each suggestion (so sessions share it), the driver keeps a
+heartbeat for each trial it asked, and the reason of every failure is stored on the Optuna trial
+before it is told. `search.trial_timeout_s` and `search.max_consecutive_failures` are Tune stopper
+rules (`SearchStopper`); see `ray_trial` for how a worker makes a timeout observable.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -29,14 +32,23 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
-from ebtune.search.evaluator import Evaluator, Reference
-from ebtune.search.job import Job, TrialTimeout, score, trial_error
-from ebtune.search.launchers.base import Launcher, check_streak
-from ebtune.search.pareto import DIRECTIONS, direction, std_key
+from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
+from ebtune.search.job import Job, TrialTimeout, gate_attrs, score, timeout_reason, trial_error
+from ebtune.search.launchers.base import Launcher, check_streak, failure_streak
+from ebtune.search.pareto import direction
 from ebtune.search.space import SearchSpace
-from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, budget, quiet, session_dead, session_tag, stored_trial_id
+from ebtune.search.study import FAIL_REASON, SESSION_ATTR, Heartbeat, budget, quiet, retry, session_tag, stored_trial_id
 
 NUMBER_KEY = "trial_number"  # the Optuna trial number, carried in a Ray trial's config and result
+GATE_KEY = "gate"  # the trial's gate, built in the driver, in its config
+STATE_KEY = "ebtune_state"  # what a result is: RUNNING (a heartbeat), COMPLETE or PRUNED
+RUNNING, COMPLETE, PRUNED = "running", "complete", "pruned"
+METRIC_NAMES_KEY = "metric_names"  # the metrics of a complete or pruned result (each a top-level key), comma-joined
+ATTRS_KEY = "gate_attrs_json"  # `gate_attrs` of a complete result, as JSON (Tune would flatten a dict)
+# A timed trial's worker reports a heartbeat every timeout / HEARTBEAT_DIVISOR seconds (at most
+# HEARTBEAT_MAX_S), so a trial stops at most that much past its limit, plus one driver step.
+HEARTBEAT_DIVISOR = 10
+HEARTBEAT_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,35 +70,78 @@ def _worker_evaluator(cfg_json: str, device: str) -> Evaluator:
 
 
 def _params(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != NUMBER_KEY}
+    return {k: v for k, v in config.items() if k not in (NUMBER_KEY, GATE_KEY)}
 
 
 def ray_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Function trainable: score one point and report its metrics; any failure raises (trial ERROR).
-
-    Tune runs a function trainable outside the worker's main thread, so no signal can bound it: the
-    scoring runs in a daemon thread, and past `timeout_s` the trial raises `TrialTimeout`."""
+    """Function trainable: score one point through its gate and report one final result, COMPLETE
+    (metrics, the gate's attributes, the grid) or PRUNED (stage-1 metrics); any failure raises
+    (trial ERROR, its traceback in Tune's error file)."""
     torch.set_num_threads(setup.threads)
+    evaluator = _worker_evaluator(setup.cfg_json, setup.device)
+    gate = config[GATE_KEY]
+    tag = {NUMBER_KEY: config[NUMBER_KEY], "worker_pid": os.getpid()}
+    try:
+        outcome = _scored(lambda: score(evaluator, setup.space, _params(config), setup.reference, gate),
+                          setup.timeout_s, tag)
+    except TrialPruned as pruned:
+        tune.report({**pruned.metrics, **tag, STATE_KEY: PRUNED, METRIC_NAMES_KEY: ",".join(pruned.metrics)})
+        return
+    except BaseException as exc:  # noqa: BLE001 - SystemExit too: Tune's runner thread would swallow it
+        raise RuntimeError(trial_error(exc)) from None
+    grid = outcome.grid
+    tune.report({**outcome.metrics, **tag, STATE_KEY: COMPLETE, METRIC_NAMES_KEY: ",".join(outcome.metrics),
+                 ATTRS_KEY: json.dumps(gate_attrs(outcome, gate)), "grid_shape": list(grid.shape),
+                 "grid_b64": base64.b64encode(grid.tobytes()).decode()})
+
+
+def _scored(work: Callable[[], Outcome], timeout_s: float | None, tag: dict[str, Any]) -> Outcome:
+    """`work()`. With a time limit it runs in a daemon thread while this thread (the trainable's) reports
+    RUNNING heartbeats: Tune checks its stoppers only on results, and a function trainable runs outside
+    the worker's main thread, where no signal reaches it. When `SearchStopper` stops the trial, Tune
+    terminates its actor, which is never reused while a limit is set (`RayLauncher.run`), so the
+    thread ends with the worker process instead of running into the next trial."""
+    if timeout_s is None:
+        return work()
     done: dict[str, Any] = {}
 
-    def work() -> None:
+    def run() -> None:
         try:
-            done["outcome"] = score(_worker_evaluator(setup.cfg_json, setup.device), setup.space, _params(config),
-                                    setup.reference)
+            done["outcome"] = work()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the trainable's thread below
             done["error"] = exc
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    worker.join(setup.timeout_s)
-    if worker.is_alive():
-        raise TrialTimeout(f"trial ran past search.trial_timeout_s={setup.timeout_s:g}s")
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    every = min(HEARTBEAT_MAX_S, timeout_s / HEARTBEAT_DIVISOR)
+    thread.join(every)
+    while thread.is_alive():
+        tune.report({**tag, STATE_KEY: RUNNING})
+        thread.join(every)
     if "error" in done:
-        raise RuntimeError(trial_error(done["error"]))
-    outcome = done["outcome"]
-    grid = outcome.grid
-    tune.report({**outcome.metrics, NUMBER_KEY: config[NUMBER_KEY], "worker_pid": os.getpid(),
-                 "grid_shape": list(grid.shape), "grid_b64": base64.b64encode(grid.tobytes()).decode()})
+        raise done["error"]
+    return done["outcome"]
+
+
+def timed_out(result: Mapping[str, Any], timeout_s: float | None) -> bool:
+    """Whether a heartbeat shows its trial past `timeout_s`, by Tune's own clock of the trial
+    (`time_total_s`: since the trainable started, the worker's model load on a fresh actor included)."""
+    return timeout_s is not None and result.get(STATE_KEY) == RUNNING and float(result.get("time_total_s", 0)) > timeout_s
+
+
+class SearchStopper(tune.Stopper):
+    """Tune's stopper for the search's limits: a trial past `search.trial_timeout_s` (`timed_out`), and
+    the experiment after `search.max_consecutive_failures` failures in a row (`failure_streak`; the
+    driver raises `SearchStopped` once `fit` returns)."""
+
+    def __init__(self, job: Job):
+        self._job = job
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return timed_out(result, self._job.timeout_s)
+
+    def stop_all(self) -> bool:
+        return failure_streak(self._job) is not None
 
 
 class RecordingOptunaSearch(OptunaSearch):
@@ -102,7 +157,8 @@ class RecordingOptunaSearch(OptunaSearch):
                          sampler=study.sampler, storage=job.storage, study_name=study.study_name)
 
     def _define(self, trial: Any) -> dict[str, Any]:
-        """Define-by-run space; the returned constant puts the Optuna trial number into the config."""
+        """Define-by-run space; the returned constants put the Optuna trial number and the trial's gate
+        (built now, from the points evaluated so far, as a local trial's is) into the config."""
         trial.set_user_attr(SESSION_ATTR, session_tag())
         store = self._job.storage
         beat = self._beats[trial.number] = Heartbeat(store, stored_trial_id(store, self._job.study, trial.number),
@@ -110,7 +166,7 @@ class RecordingOptunaSearch(OptunaSearch):
         beat.__enter__()
         self._job.space.suggest(trial)
         self._asked[trial.number] = trial
-        return {NUMBER_KEY: trial.number}
+        return {NUMBER_KEY: trial.number, GATE_KEY: self._job.gate()}
 
     def suggest(self, trial_id: str) -> dict | None:
         """The next point while the study's budget (shared with other sessions) is not met."""
@@ -128,24 +184,44 @@ class RecordingOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Store what the trial's end means on its Optuna trial, then let OptunaSearch tell it: values
+        (COMPLETE), no result and no error (PRUNED), or an error (FAIL)."""
         ot_trial = self._by_tune.pop(trial_id, None)
-        if ot_trial is not None:
-            if result and not error and NUMBER_KEY in result:
-                metrics = _metrics(result)
-                try:
-                    values = self._job.values(metrics)
-                    grid = np.frombuffer(base64.b64decode(result["grid_b64"]), dtype=np.uint8).reshape(result["grid_shape"])
-                    self._job.recorder.prepare(ot_trial, _params(self._tune_trials[trial_id].config), metrics, grid)
-                    result = {**result, **dict(zip(self._job.objectives, values))}
-                except Exception as exc:  # noqa: BLE001 - a NaN objective is a failed trial, not a dropped tell
-                    ot_trial.set_user_attr(FAIL_REASON, trial_error(exc))
-                    result, error = None, True
-            elif error:
-                ot_trial.set_user_attr(FAIL_REASON, _error_text(self._tune_trials.get(trial_id)))
-            beat = self._beats.pop(ot_trial.number, None)
-            if beat is not None:
-                beat.__exit__(None, None, None)
-        super().on_trial_complete(trial_id, result, error)
+        if ot_trial is None:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        told, error = self._record(ot_trial, trial_id, result or {}, error)
+        beat = self._beats.pop(ot_trial.number, None)
+        if beat is not None:
+            beat.__exit__(None, None, None)
+        super().on_trial_complete(trial_id, told, error)
+        if error and FAIL_REASON not in ot_trial.user_attrs:
+            # Stopped before any result of its own (the experiment ended early): an interruption, retried.
+            retry(self._job.study, self._job.study.get_trials(deepcopy=False)[ot_trial.number])
+
+    def _record(self, ot_trial: Any, trial_id: str, result: Mapping[str, Any], error: bool) -> tuple[dict | None, bool]:
+        """(the result OptunaSearch should tell, whether it is an error), after storing the trial's
+        metrics (and schedule file) or its failure reason on `ot_trial`."""
+        job, state = self._job, result.get(STATE_KEY)
+        if error:
+            ot_trial.set_user_attr(FAIL_REASON, _error_text(self._tune_trials.get(trial_id)))
+        elif state == PRUNED:
+            ot_trial.set_user_attr("metrics", _metrics(result))
+            return None, False
+        elif state == COMPLETE:
+            metrics = _metrics(result)
+            try:
+                values = job.values(metrics)
+                grid = np.frombuffer(base64.b64decode(result["grid_b64"]), dtype=np.uint8).reshape(result["grid_shape"])
+                for key, value in json.loads(result[ATTRS_KEY]).items():
+                    ot_trial.set_user_attr(key, value)
+                job.recorder.prepare(ot_trial, _params(self._tune_trials[trial_id].config), metrics, grid)
+                return {**result, **dict(zip(job.objectives, values))}, False
+            except Exception as exc:  # noqa: BLE001 - a NaN objective is a failed trial, not a dropped tell
+                ot_trial.set_user_attr(FAIL_REASON, trial_error(exc))
+        elif timed_out(result, job.timeout_s):
+            ot_trial.set_user_attr(FAIL_REASON, trial_error(TrialTimeout(timeout_reason(job.timeout_s))))
+        return None, True
 
     def save(self, checkpoint_path: str) -> None:
         """Tune checkpoints its searcher to resume an experiment; ebtune never resumes one (the same command
@@ -159,8 +235,7 @@ class RecordingOptunaSearch(OptunaSearch):
 
 
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    keys = [*DIRECTIONS, *(std_key(k) for k in DIRECTIONS)]
-    return {k: float(result[k]) for k in keys if k in result}
+    return {k: float(result[k]) for k in result[METRIC_NAMES_KEY].split(",")}
 
 
 def _error_text(trial: Any) -> str:
@@ -189,7 +264,6 @@ class RecordingCallback(tune.Callback):
 
     def _told(self, trial: Any) -> None:
         self._job.recorder.told(trial.config[NUMBER_KEY])
-        check_streak(self._job)
 
 
 class RayLauncher(Launcher):
@@ -212,12 +286,14 @@ class RayLauncher(Launcher):
     def _init(self) -> Path | None:
         import ray
 
-        _clean_leftovers()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # No Tune tables or trial tracebacks on the console: the recorder prints one line per trial and
         # MLflow keeps each failed trial's traceback.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        # Heartbeats and pruned results carry no objective values; the searcher checks a complete
+        # result's itself (`Job.values`: a missing or NaN objective fails the trial).
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if self.cfg["address"]:
             ray.init(address=self.cfg["address"], **kw)
@@ -227,7 +303,6 @@ class RayLauncher(Launcher):
         target = self.folder / "ray"
         target.mkdir(parents=True, exist_ok=True)
         link = Path(tempfile.mkdtemp(prefix="ebtune-ray-")) / "r"
-        (link.parent / "driver").write_text(session_tag())  # whose session this is, for `_clean_leftovers`
         link.symlink_to(target.absolute(), target_is_directory=True)
         ray.init(num_cpus=self.cfg["num_cpus"] or os.cpu_count(), _temp_dir=str(link), **kw)
         return link
@@ -269,53 +344,22 @@ class RayLauncher(Launcher):
             searcher = RecordingOptunaSearch(job, tune_trials, self.folder)
             tuner = tune.Tuner(
                 trainable,
-                # -1: as many trials as the searcher suggests; it stops when the study's budget is met
+                # -1: as many trials as the searcher suggests; it stops when the study's budget is met. A
+                # reused actor keeps its model loaded; with a time limit a stopped trial's scoring thread
+                # may still run, so each trial then gets a fresh actor (see `_scored`).
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
-                                            max_concurrent_trials=concurrent, reuse_actors=True),
+                                            max_concurrent_trials=concurrent, reuse_actors=job.timeout_s is None),
                 run_config=tune.RunConfig(
                     name=job.study.study_name, storage_path=str((self.folder / "ray_results").absolute()),
-                    callbacks=[RecordingCallback(job, tune_trials)], verbose=0,
+                    callbacks=[RecordingCallback(job, tune_trials)], stop=SearchStopper(job), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
             )
             try:
                 tuner.fit()
             finally:
                 searcher.stop_heartbeats()
+            check_streak(job)
         finally:
             ray.shutdown()
             if link is not None:
                 shutil.rmtree(link.parent, ignore_errors=True)
-
-
-def _clean_leftovers() -> None:
-    """Remove what a killed driver left: the `/tmp/ebtune-ray-*` folders whose driver (recorded in
-    `driver`) is gone, after stopping that session's stray processes (`ray::DashboardAgent`,
-    `ray::RuntimeEnvAgent`, raylet...), which name the session's folder on their command line."""
-    import glob
-    import signal
-
-    for tmp in glob.glob(os.path.join(tempfile.gettempdir(), "ebtune-ray-*")):
-        link = Path(tmp) / "r"
-        target = str(link.resolve()) if link.is_symlink() else None
-        driver = Path(tmp) / "driver"
-        if not driver.is_file() or not session_dead(driver.read_text().strip()):
-            continue  # a running search's session (or one still starting)
-        for pid in _processes_using([tmp] + ([target] if target else [])):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _processes_using(paths: list[str]) -> list[int]:
-    """Pids of this user's processes whose command line names one of `paths` (Linux /proc)."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(p in cmd for p in paths) and int(proc.name) != os.getpid():
-            pids.append(int(proc.name))
-    return pids
