@@ -16,13 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
 
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference, TrialError
 from ebtune.search.gap_gate import GAP_KEY, GapGate, gap_enabled
+from ebtune.search.inference import paired_difference
 from ebtune.search.pareto import NOISE_Z
 from ebtune.search.recorder import Recorder
 from ebtune.search.space import SearchSpace
@@ -113,12 +113,10 @@ class ProxyRule:
     known: tuple[tuple[float, float, tuple[float, ...]], ...] = field(repr=False)
 
     def __call__(self, proxy: dict[str, float], draws: list[float]) -> bool:
-        mine = np.asarray(draws)
         for macs, fid_proxy, theirs in self.known:
-            if macs <= proxy["macs"] and len(theirs) == len(mine):
-                diff = np.asarray(theirs) - mine  # < 0: the known point is better
-                if fid_proxy - proxy["fid_proxy"] < -NOISE_Z * float(np.std(diff, ddof=1)):
-                    return False
+            d = paired_difference(theirs, draws, fid_proxy, proxy["fid_proxy"])  # < 0: the known point is better
+            if macs <= proxy["macs"] and d.paired and d.value < -NOISE_Z * d.se:
+                return False
         return True
 
 

@@ -51,7 +51,7 @@ class LocalLauncher(Launcher):
                     values = job.values(outcome.metrics)
                 for key, value in gate_attrs(outcome, gate).items():
                     trial.set_user_attr(key, value)
-                job.recorder.prepare(trial, params, outcome.metrics, outcome.grid)
+                job.recorder.prepare(trial, params, outcome.metrics, outcome.quality_draws, outcome.grid)
                 study.tell(trial, values)
             except TrialPruned as pruned:
                 trial.set_user_attr("metrics", pruned.metrics)

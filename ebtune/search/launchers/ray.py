@@ -45,6 +45,7 @@ STATE_KEY = "ebtune_state"  # what a result is: RUNNING (a heartbeat), COMPLETE 
 RUNNING, COMPLETE, PRUNED = "running", "complete", "pruned"
 METRIC_NAMES_KEY = "metric_names"  # the metrics of a complete or pruned result (each a top-level key), comma-joined
 ATTRS_KEY = "gate_attrs_json"  # `gate_attrs` of a complete result, as JSON (Tune would flatten a dict)
+DRAWS_KEY = "quality_draws_json"  # the quality metric's bootstrap draws of a complete result, as JSON
 # A timed trial's worker reports a heartbeat every timeout / HEARTBEAT_DIVISOR seconds (at most
 # HEARTBEAT_MAX_S), so a trial stops at most that much past its limit, plus one driver step.
 HEARTBEAT_DIVISOR = 10
@@ -91,7 +92,8 @@ def ray_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         raise RuntimeError(trial_error(exc)) from None
     grid = outcome.grid
     tune.report({**outcome.metrics, **tag, STATE_KEY: COMPLETE, METRIC_NAMES_KEY: ",".join(outcome.metrics),
-                 ATTRS_KEY: json.dumps(gate_attrs(outcome, gate)), "grid_shape": list(grid.shape),
+                 ATTRS_KEY: json.dumps(gate_attrs(outcome, gate)), DRAWS_KEY: json.dumps(list(outcome.quality_draws)),
+                 "grid_shape": list(grid.shape),
                  "grid_b64": base64.b64encode(grid.tobytes()).decode()})
 
 
@@ -215,7 +217,8 @@ class RecordingOptunaSearch(OptunaSearch):
                 grid = np.frombuffer(base64.b64decode(result["grid_b64"]), dtype=np.uint8).reshape(result["grid_shape"])
                 for key, value in json.loads(result[ATTRS_KEY]).items():
                     ot_trial.set_user_attr(key, value)
-                job.recorder.prepare(ot_trial, _params(self._tune_trials[trial_id].config), metrics, grid)
+                job.recorder.prepare(ot_trial, _params(self._tune_trials[trial_id].config), metrics,
+                                     json.loads(result[DRAWS_KEY]), grid)
                 return {**result, **dict(zip(job.objectives, values))}, False
             except Exception as exc:  # noqa: BLE001 - a NaN objective is a failed trial, not a dropped tell
                 ot_trial.set_user_attr(FAIL_REASON, trial_error(exc))
