@@ -267,14 +267,22 @@ class Evaluator:
                     proxy = {"fid_proxy": q, std_key("fid_proxy"): draws_std(draws), "macs": macs, "images": float(done)}
                     if gate is not None and done < self.n_samples and not gate(proxy, list(proxy_draws)):
                         raise TrialPruned(proxy)
-        final = torch.cat(latents)
+        return self._outcome(np.concatenate(images), torch.cat(latents), macs, seconds, ratios, reference, proxy or {},
+                             proxy_draws)
+
+    def _outcome(self, imgs: np.ndarray, final: torch.Tensor, macs: float, seconds: list[float], ratios: list[float],
+                 reference: Reference | None, proxy: dict[str, float], proxy_draws: tuple[float, ...]) -> Outcome:
+        """Score a finished evaluation: quality with its draws, cost, latency and distance.
+
+        Raises:
+            TrialError: non-finite samples or metrics.
+        """
         if not torch.isfinite(final).all():
             raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
-        imgs = np.concatenate(images)
         latency = statistics.median(seconds)
         fid, draws = self.fid.score_draws(imgs, self.bootstrap, self.seed)
         metrics = {
-            **(proxy or {}),
+            **proxy,
             "images": float(len(imgs)),
             "fid": fid,
             std_key("fid"): draws_std(draws),

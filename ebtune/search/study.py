@@ -328,13 +328,13 @@ class Heartbeat:
     takes user attributes, so journal storages get heartbeats too."""
 
     def __init__(self, store: optuna.storages.BaseStorage, trial_id: int, interval_s: float):
-        self._store, self._trial_id, self._interval = store, trial_id, interval_s
+        self._store, self._id, self._interval = store, trial_id, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _stamp(self) -> bool:
         try:
-            self._store.set_trial_user_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+            self._store.set_trial_user_attr(self._id, HEARTBEAT_ATTR, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:
             return False  # told (or reaped) between two beats
         return True
