@@ -299,7 +299,7 @@ class SearchTracker:
 
     def tag_relations(self, number: int, relations: dict[str, str]) -> None:
         """Tag a front trial's run with how it stands against each baseline beyond noise, e.g.
-        ``ebtune.relations = "nocache: matches at lower cost; fora2: dominates"``."""
+        ``ebtune.relations = "nocache: equivalent at lower cost; fora2: dominates"``."""
         if number in self._trial_runs:
             text = "; ".join(f"{name}: {rel}" for name, rel in relations.items())
             self._client.set_tag(self._trial_runs[number], RELATIONS_TAG, text[-_MAX_ERROR_CHARS:])
