@@ -7,9 +7,9 @@
   its warm-up, an order-o Taylor forecast between, n in 3-6 and o in 1-2;
 - `<sampler>-<k>`: no cache with fewer steps, for every sampler of `search.baseline_samplers`
   (default: the search's own, DDIM and DPM-Solver++(2M)) at k = round(K / s) for each speed level s
-  of `SPEED_LEVELS` (and, for the other samplers, at K itself): every model evaluation costs the
-  same, so these are the uncached runs at the MACs the cache schedules reach, and a cache schedule
-  only counts where it beats simply taking fewer steps with a good solver;
+  of `SPEED_LEVELS`: every model evaluation costs the same, so these are the uncached runs at the
+  MACs the cache schedules reach, and a cache schedule only counts where it beats simply taking
+  fewer steps with a good solver (the sampler at K steps is a choice `space=joint` searches);
 - `nocache+<rule>`, `<sampler>-<k>+<rule>`: the same uncached runs with the search space's ε-scale
   rule (`SearchSpace.reference_eps_form`), because ε scaling improves samples without any cache:
   a front point is judged against the strongest schedule that caches nothing.
@@ -73,12 +73,9 @@ def baseline_samplers(evaluator: Evaluator) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def fewer_steps(steps: int, own: bool) -> list[int]:
-    """The uncached step counts of one baseline sampler, most first: K / SPEED_LEVELS (and K itself
-    for a sampler other than the search's, whose K-step run is `nocache`)."""
-    levels = SPEED_LEVELS if own else (1.0, *SPEED_LEVELS)
-    counts = {max(1, round(steps / level)) for level in levels}
-    return sorted((k for k in counts if k < steps or not own), reverse=True)
+def fewer_steps(steps: int) -> list[int]:
+    """The uncached step counts of a baseline sampler, most first: K / SPEED_LEVELS, below K."""
+    return sorted({k for k in (max(1, round(steps / level)) for level in SPEED_LEVELS) if k < steps}, reverse=True)
 
 
 def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baseline]:
@@ -93,7 +90,7 @@ def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baselin
         out += [Baseline(f"taylor-{n}-{o}", "taylor", {"interval": n, "order": o}, steps=steps) for n, o in TAYLOR]
     for sampler in baseline_samplers(evaluator):
         out += [Baseline(f"{sampler}-{k}", "none", steps=k, sampler=None if sampler == own else sampler)
-                for k in fewer_steps(steps, sampler == own)]
+                for k in fewer_steps(steps)]
     if eps_form and eps_form["name"] != "none":
         out += [replace(b, name=f"{b.name}+{eps_form['name']}", eps_scale=dict(eps_form))
                 for b in out if b.family in ("none", "taylor")]
