@@ -13,6 +13,8 @@ from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
 from ebtune.metrics.fid import make_fid
 from ebtune.search.pareto import dominates, feasible_front, relation
+from ebtune.search.records import SearchRecord
+from ebtune.search.study import load_folder_study
 
 from .conftest import TINY_SEARCH
 
@@ -66,8 +68,13 @@ def test_search_confirms_on_fresh_images_and_judges_eps_fair_baselines(ebtune, t
     run = tmp_path / "run"
     assert ebtune("search", *TINY_SEARCH, "launcher=local", "trials=2", "search.confirm_n=30", f"out={run}", "name=c") == 0
     pareto = json.loads((run / "pareto.json").read_text())
+    searched = [b["name"] for b in SearchRecord(load_folder_study(run)).baselines]
+    assert "nocache+constant" in searched and any(n.startswith("ddpm-") and n.endswith("+constant") for n in searched)
+    # The confirmation re-scores what the verdict judges: its points, the baselines they face, and no cache.
     names = [b["name"] for b in pareto["baselines"]]
-    assert "nocache+constant" in names and any(n.startswith("ddpm-") and n.endswith("+constant") for n in names)
+    verdict = pareto["verdict"]
+    assert set(names) == {"nocache"} | {level["baseline"] for level in verdict["levels"] if level["baseline"]}
+    assert {p["name"] for p in pareto["points"]} <= {verdict["recommended"]} | {v["point"] for v in verdict["levels"]}
     assert pareto["confirmed"]["n_samples"] == 30 and pareto["confirmed"]["seed"] != 0
     for entry in pareto["baselines"] + pareto["points"]:
         assert entry["metrics"]["images"] == 30 and entry["search_metrics"]["images"] == 20

@@ -30,7 +30,7 @@ from ebtune.search.study import check_sampler
 # Settings that count something: a fraction would be truncated silently.
 WHOLE_NUMBERS = ("steps", "trials", "seed", "metric.n_samples", "metric.batch_size", "metric.latency_warmup",
                  "metric.bootstrap", "metric.n_proxy", "search.startup_trials", "search.population_size",
-                 "search.confirm_n", "search.n_trials")
+                 "search.n_trials")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,10 @@ class SearchConfig:
 
     @property
     def confirm_n(self) -> int:
-        return int(self.cfg["search"]["confirm_n"])
+        """Fresh images per confirmed point: `search.confirm_n`, auto = twice `metric.n_samples`, so a
+        smoke search stays a smoke search."""
+        value = self.cfg["search"]["confirm_n"]
+        return 2 * int(self.cfg["metric"]["n_samples"]) if value == "auto" else int(value)
 
     @property
     def launcher(self) -> str:
@@ -96,9 +99,13 @@ def _check_numbers(cfg: Mapping[str, Any]) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be a whole number")
     search = cfg["search"]
-    for key in ("startup_trials", "population_size", "confirm_n"):
+    for key in ("startup_trials", "population_size"):
         if search[key] < 0:
             raise ConfigError(f"search.{key}={search[key]} must be 0 or more")
+    confirm_n = search["confirm_n"]
+    if confirm_n != "auto" and (not isinstance(confirm_n, int) or isinstance(confirm_n, bool) or confirm_n < 0):
+        raise ConfigError(f"search.confirm_n={confirm_n!r} must be auto (twice metric.n_samples) or a whole number "
+                          f">= 0 (0 = no confirmation)")
     if search["n_trials"] < 1:
         raise ConfigError(f"trials must be at least 1, got {search['n_trials']}")
     samplers = search.get("baseline_samplers", "auto")

@@ -46,10 +46,12 @@ def search_overrides(settings: dict[str, Any], n_samples: int, seed: int | None 
     return overrides
 
 
-def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = print,
+            only: set[str] | None = None) -> dict[str, Any]:
     """Re-score the front and the baselines of the search `views` shows, read from its study, under
     the resolved search config `cfg` (its `metric.n_samples` images from its seed; see
-    `search_overrides`); writes `confirmed.json` in the search folder and returns it. Record it in
+    `search_overrides`), or only the points and baselines named in `only` (no cache, the reference,
+    always); writes `confirmed.json` in the search folder and returns it. Record it in
     the study with `views.record_confirmation`. `relations` judge each front point against each
     baseline with paired inference and the search's margin (`pareto.relation`); `dominates` lists
     the baselines each point dominates.
@@ -60,11 +62,12 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
     n_samples = int(cfg["metric"]["n_samples"])
     if n_samples < 1:
         raise ConfigError(f"n must be at least 1, got {n_samples}")
-    points = views.front()
+    points = [p for p in views.front() if only is None or p["name"] in only]
     if not points:
         raise ConfigError(f"the search in {views.folder} has no front yet; run `ebtune search` on it first")
     evaluator = Evaluator(cfg, resolve_device(cfg["device"]))
-    entries = sorted(views.current_baselines(), key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
+    baselines = [b for b in views.current_baselines() if only is None or b["name"] in only or b["name"] == NO_CACHE]
+    entries = sorted(baselines, key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
     rows, reference = [], None
     for entry in entries + points:
         file = load_schedule_file(views.folder / entry["schedule_file"])

@@ -3,7 +3,7 @@
     SearchConfig ──open──▶ Session(study, views, recorder)
         │ baselines   no cache first (the reference), then the cached and fewer-step ones
         │ trials      the configured launcher runs the missing trials of the study's budget
-        │ confirm     the front and the baselines re-scored on fresh images (search.confirm_n)
+        │ confirm     what the verdict judges re-scored on fresh images (search.confirm_n)
         └ finish      MLflow, pareto.json and the plots rewritten from the study → SearchResult
 
 The study (`ebtune.search.study`) is the one record: a resumed search reopens it and runs only what
@@ -189,8 +189,8 @@ def _trials(session: Session, reference: Reference) -> None:
 
 
 def _confirmation(session: Session, log: Callable[[str], None]) -> None:
-    """Re-score the front and the baselines on `search.confirm_n` fresh images; from then on those
-    are the search's numbers (the study records them)."""
+    """Re-score what the verdict judges (its points and the baselines they face) on `search.confirm_n`
+    fresh images; from then on those are the search's numbers (the study records them)."""
     config, recorder = session.config, session.recorder
     n = config.confirm_n
     if n <= 0 or recorder.confirmation is not None or not recorder.front():
@@ -199,8 +199,10 @@ def _confirmation(session: Session, log: Callable[[str], None]) -> None:
     cfg["metric"]["n_samples"] = n
     cfg["seed"] = fresh_seed(cfg["seed"])
     cfg["device"] = config.device.type if config.device.type == "cpu" else str(config.device)
-    log(f"confirming the front and the baselines on {n} fresh images (search.confirm_n; 0 skips this)")
-    session.views.record_confirmation(confirm(session.views, cfg, log))
+    judged = session.views.verdict().depends_on()
+    log(f"confirming the verdict's {len(judged)} points and baselines on {n} fresh images (search.confirm_n; "
+        f"0 skips this)")
+    session.views.record_confirmation(confirm(session.views, cfg, log, only=judged))
 
 
 def _finish(session: Session, status: str, stopped: str | None) -> SearchResult:

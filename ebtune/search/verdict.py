@@ -70,6 +70,13 @@ class Verdict:
         return (f"At <= {level.level:.2f}x: {point} {SAYS[level.standing]} {level.baseline.name}: {self.quality} "
                 f"{d.value:+.3g} ± {d.se:.2g} ({how}; margin {self.margin:g}, n = {n}).")
 
+    def depends_on(self) -> set[str]:
+        """The names of the points and baselines the verdict judges: what a confirmation must re-score."""
+        named = {self.recommended.name} if self.recommended is not None else set()
+        for level in self.levels:
+            named |= {level.point.name} | ({level.baseline.name} if level.baseline is not None else set())
+        return named
+
     def to_dict(self) -> dict[str, Any]:
         """The `verdict` entry of pareto.json."""
         return {"recommended": None if self.recommended is None else self.recommended.name, "rule": self.rule,
