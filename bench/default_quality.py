@@ -23,7 +23,8 @@ from ebtune.core.uint8 import quantize, to_uint8
 from ebtune.default import classifier as clf
 from ebtune.default import data
 from ebtune.io.grids import save_grid
-from ebtune.metrics.fid import classifier_accuracy, make_fid
+from ebtune.metrics.fid import classifier_accuracy
+from ebtune.metrics.registry import make_fid
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model

@@ -26,7 +26,8 @@ from ebtune.cli.config import compose
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
-from ebtune.metrics.fid import FIDEvaluator, _moments, frechet_distance, make_fid
+from ebtune.metrics.fid import FIDEvaluator, _moments, frechet_distance
+from ebtune.metrics.registry import make_fid
 from ebtune.metrics.sample_size import SubsetFID, fit_inverse_n
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate

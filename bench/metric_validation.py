@@ -35,7 +35,8 @@ from ebtune.core.schedule import no_cache
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import classifier, data
 from ebtune.metrics.digits_native import DIGIT_UNITS, DigitsNativeFD, native_pixels, off_range_energy
-from ebtune.metrics.fid import classifier_accuracy, frechet_distance, make_fid
+from ebtune.metrics.fid import classifier_accuracy, frechet_distance
+from ebtune.metrics.registry import make_fid
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model

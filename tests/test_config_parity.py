@@ -9,7 +9,7 @@ import yaml
 
 from ebtune.cli.config import CONF_DIR, choices, registry
 from ebtune.io.decoders import DECODERS
-from ebtune.metrics.fid import FID_EVALUATORS
+from ebtune.metrics.registry import FID_EVALUATORS
 from ebtune.run.loading import ARCHITECTURES
 
 GROUPS = ["schedule", "eps_scale", "sampler", "launcher"]

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
-from ebtune.metrics.fid import make_fid
+from ebtune.metrics.registry import make_fid
 from ebtune.search.pareto import dominates, feasible_front, relation
 from ebtune.search.records import SearchRecord
 from ebtune.search.study import load_folder_study

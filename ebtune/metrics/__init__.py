@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from ebtune.metrics.fid import (
-    FID_EVALUATORS,
     DigitsFID,
     FIDEvaluator,
     InceptionFID,
     classifier_accuracy,
     fid_between,
-    make_fid,
     register_digits_extractor,
 )
+from ebtune.metrics.registry import FID_EVALUATORS, make_fid
 from ebtune.metrics.inception import (
     inception_weights_path,
     install_inception_weights,

@@ -31,7 +31,6 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from ebtune.default import classifier, data
 from ebtune.metrics.inception import require_inception_weights
-from ebtune.registry import Registry
 
 DIGITS_EXTRACTOR = "ebtune-digits"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -285,25 +284,6 @@ class InceptionFID(_TorchFidelityFID):
     @property
     def name(self) -> str:
         return "inception"
-
-
-FID_EVALUATORS: Registry[FIDEvaluator] = Registry("fid evaluator")
-FID_EVALUATORS.register("digits", DigitsFID)
-FID_EVALUATORS.register("inception", InceptionFID)
-
-
-def _digits_native(reference_npz: str | None = None) -> FIDEvaluator:
-    from ebtune.metrics.digits_native import DigitsNativeFD  # it builds on this module
-
-    return DigitsNativeFD(reference_npz)
-
-
-FID_EVALUATORS.register("digits-native", _digits_native)
-
-
-def make_fid(name: str, **kw) -> FIDEvaluator:
-    """The evaluator registered as `name`, built with keyword arguments `kw`."""
-    return FID_EVALUATORS.make(name, **kw)
 
 
 @torch.no_grad()

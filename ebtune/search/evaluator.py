@@ -169,7 +169,7 @@ class Evaluator:
     """
 
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str):
-        from ebtune.metrics.fid import make_fid
+        from ebtune.metrics.registry import make_fid
 
         self.spec = model_spec(cfg["model"])
         self.device = torch.device(device)
