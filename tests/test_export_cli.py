@@ -8,16 +8,21 @@ import pytest
 from ebtune.cli import main
 from ebtune.io.schedule_file import load_schedule_file, save_schedule_file
 from ebtune.schedules import ScheduleContext, fora, intervals
+from ebtune.search.records import set_views_source, store_result
+from ebtune.search.study import open_study
 
 DEPTH = 6  # dit-tiny
 
 
 @pytest.fixture
 def search_folder(tmp_path):
-    """A search folder as `ebtune search` writes it, with three Pareto points."""
+    """A search folder as `ebtune search` writes it (its study, schedule files), with three Pareto points."""
     folder = tmp_path / "run"
     ctx = ScheduleContext.linear(50, DEPTH)
-    points = []
+    settings = {"objectives": ["fid", "macs"], "constraints": [], "metric": {"margin": 0.0}}
+    study, _ = open_study(folder, None, "run", ["fid", "macs"], settings, {"sampler": "random", "seed": 0}, False)
+    set_views_source(study, {"uri": "sqlite:///unused.db", "experiment": "e"}, {"config": {}, "space": {}, "info": {}},
+                     {"model": "dit-tiny", "steps": 50, "sampler": {"name": "ddpm"}})
     for number, (schedule, fid, speedup) in enumerate([
         (fora(ctx, 2), 3.0, 1.9), (intervals(ctx, attn=2, mlp=1, warmup=10), 2.2, 1.2), (fora(ctx, 3), 4.5, 2.7),
     ]):
@@ -25,10 +30,10 @@ def search_folder(tmp_path):
         save_schedule_file(folder / rel, schedule, model={"family": "dit", "name": "dit-tiny", "depth": DEPTH},
                            sampler={"name": "ddpm", "steps": 50}, eps_scale={"name": "none"},
                            provenance={"metrics": {"fid": fid}})
-        points.append({"number": number, "params": {}, "metrics": {"fid": fid, "speedup": speedup, "macs": 1e9 / speedup},
-                       "schedule_file": rel})
-    (folder / "pareto.json").write_text(json.dumps({"model": "dit-tiny", "steps": 50, "sampler": {"name": "ddpm"},
-                                                    "objectives": ["fid", "macs"], "points": points}))
+        metrics = {"fid": fid, "speedup": speedup, "macs": 1e9 / speedup}
+        trial = study.ask()
+        store_result(trial, metrics, [], rel, [])
+        study.tell(trial, [metrics["fid"], metrics["macs"]])
     return folder
 
 
@@ -49,7 +54,7 @@ def test_export_errors_are_one_line(search_folder, tmp_path, capsys):
     assert main(["export", "0123456789abcdef", f"tracking.uri=sqlite:///{tmp_path}/none.db", "--out", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "no Pareto point has FID <= 1.0 (best is 2.2)" in err[0]
-    assert "no pareto.json in" in err[1] and "there is no MLflow store at" in err[2]
+    assert "no study.db or storage.json in" in err[1] and "there is no MLflow store at" in err[2]
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "none.db").exists()
 
 
