@@ -29,13 +29,13 @@ from ebtune.search.study import counted, load_folder_study
 from .conftest import TINY_SEARCH
 
 FAULT = "fault"
-# Points the gate must prune and must keep: no cache with ε halved (the no-cache baseline costs the same
-# and is far better on the proxy images), and the space's cheapest point (3 of 10 steps computed: no
-# baseline, the 4-step one included, costs as little, so none can beat it).
+# Points the gate must prune and must keep, in 4-step searches: no cache with ε halved (the no-cache
+# baseline costs the same and is far better on the proxy images), and the space's cheapest point (1 of
+# 4 steps computed: the only baseline that costs no more is 1-step sampling, which draws no digits).
 OVERRIDES = {"prune": {"attn": 1, "mlp": 1, "eps_scale.value": 0.5}, "keep": {"attn": 4, "mlp": 4, "eps_scale.value": 0.98}}
 TIMEOUT_S = 10  # far above a tiny trial (a fresh Ray actor's model load included), far below the hang
-# The first fidelity on: 10 proxy images of 20, 10 paired resamples.
-GATED = ["metric.n_proxy=10", "metric.bootstrap=10", "search.sampler=random", "threads=1"]
+# The first fidelity on: 10 proxy images of 20, 10 paired resamples; 4 steps (see above).
+GATED = ["steps=4", "metric.n_proxy=10", "metric.bootstrap=10", "search.sampler=random", "threads=1"]
 SETTINGS = {"local": [], "ray": ["ray.num_cpus=1", "ray.cpus_per_trial=1"]}
 
 
