@@ -16,10 +16,14 @@ Sets (`--sets`, comma separated; names as in the tables):
 - `SAMPLER-forecastAaMm`: `forecast`, attention every A and MLP every M steps, taylor order 2, warm-up 3;
 - a `+eb` suffix adds the paper's ε rule (`eps_scale=ebcache`, b_h 0.98, b_l 0.96, t_s 0.4).
 Group names expand: `steps` = ddpm, ddim, dpmpp-2m at 50 33 25 17 12 8 6; `cache:SAMPLER` = FORA 2-6 and
-taylor 2-6 × O 1, 2 and forecast a3m5 for SAMPLER; `cache:auto` = cache:ddim plus cache:<the sampler
+taylor 2-6 × O 1, 2, forecast a3m5, then FORA 7, 8, 10 and taylor 8, 10, 12 × O 1, 2 for SAMPLER; `cache:auto` = cache:ddim plus cache:<the sampler
 whose uncached sets are best at most step counts below 50> (needs the `steps` sets first); `eb:auto` =
-the `+eb` variant of the best FORA, the best taylor and the forecast set of each cached sampler.
-Default: `steps,cache:auto,eb:auto`.
+the `+eb` variant of the FORA, the taylor and the forecast set of each cached sampler with the lowest Δ
+against its best uncached set at no more MACs (run it after `steps:matched`).
+`steps:matched` = each cached sampler uncached at K = floor(50 / MAC speedup) steps for every cached set (the
+most steps at no more MACs: the step grid above is too coarse to compare with); `ebsteps:matched` = the same with
+the ε rule for the `+eb` sets (the ε-fair baselines). Default: `steps,cache:auto,steps:matched,eb:auto,ebsteps:matched`. FORA also at N = 7, 8, 10 and taylor at N = 8, 10, 12:
+FORA(2..6) spans only 1.9-4.7x MACs.
 
 Quality: dit-tiny's `digits-native` (lower is better) with `--boot` bootstrap draws; resampled indices
 depend only on (seed, n), so the draws of two sets are paired and the error of a difference is
@@ -83,9 +87,16 @@ def parse(name: str) -> dict[str, Any]:
             "eps_scale": EB if g["eb"] else {"name": "none"}, "kind": kind}
 
 
+# FORA(N) for N = 2..6 reaches only 1.9-4.7x MACs (the patch embedding, adaLN and final layer always run), so
+# N = 7, 8, 10 and taylor N = 8, 10, 12 (its 3 warm-up steps cost more) extend both families to 5-7x.
+FORA_N = (2, 3, 4, 5, 6, 7, 8, 10)
+TAYLOR_N = (2, 3, 4, 5, 6, 8, 10, 12)
+
+
 def cache_sets(sampler: str) -> list[str]:
-    return ([f"{sampler}-fora{k}" for k in range(2, 7)] + [f"{sampler}-taylor{k}o{o}" for o in (1, 2) for k in range(2, 7)]
-            + [f"{sampler}-forecast3a5m"])
+    return ([f"{sampler}-fora{k}" for k in FORA_N if k <= 6] + [f"{sampler}-taylor{k}o{o}" for o in (1, 2) for k in TAYLOR_N if k <= 6]
+            + [f"{sampler}-forecast3a5m"]
+            + [f"{sampler}-fora{k}" for k in FORA_N if k > 6] + [f"{sampler}-taylor{k}o{o}" for o in (1, 2) for k in TAYLOR_N if k > 6])
 
 
 def winner(results: dict[str, dict[str, Any]]) -> str:
@@ -106,14 +117,23 @@ def expand(token: str, results: dict[str, dict[str, Any]]) -> list[str]:
         which = token.split(":", 1)[1]
         samplers = ["ddim", winner(results)] if which == "auto" else [which]
         return [name for s in dict.fromkeys(samplers) for name in cache_sets(s)]
+    if token in ("steps:matched", "ebsteps:matched"):
+        # For every cached set (with the ε rule: ebsteps), each cached sampler uncached at the most steps that cost
+        # no more MACs, K = floor(50 / MAC speedup) (with the same ε rule): a fixed step grid would compare a 4.3x
+        # schedule with 8 steps (6.25x) when 11 steps (4.55x) also cost no more.
+        eb = token.startswith("eb")
+        cached = [r for r in results.values() if r["kind"] != "uncached" and (r["eps_scale"]["name"] != "none") == eb]
+        samplers = dict.fromkeys(r["sampler"] for r in cached)
+        ks = sorted({math.floor(50 / r["speedup"] + 1e-9) for r in cached}, reverse=True)
+        return [f"{s}-{k}" + ("+eb" if eb else "") for s in samplers for k in ks]
     if token == "eb:auto":
         cached = [n for n, r in results.items() if r["kind"] != "uncached" and r["eps_scale"]["name"] == "none"]
         out = []
         for s in dict.fromkeys(results[n]["sampler"] for n in cached):
             for fam in ("fora", "taylor", "forecast"):
                 mine = [n for n in cached if results[n]["sampler"] == s and results[n]["family"] == fam]
-                if mine:
-                    out.append(min(mine, key=lambda n: results[n]["fid"]) + "+eb")
+                if mine:  # the family's best against its baseline: the lowest paired Δ vs the best uncached at ≤ MACs
+                    out.append(min(mine, key=lambda n: (results[n].get("vs") or {}).get("delta", math.inf)) + "+eb")
         return out
     parse(token)
     return [token]
@@ -161,18 +181,27 @@ def save_set_grid(ev: Evaluator, name: str, rec: dict[str, Any], folder: str) ->
 
 
 def compare(results: dict[str, dict[str, Any]]) -> None:
-    """Fill each set's paired difference against the best uncached set of any sampler at no more MACs."""
-    uncached = [n for n, r in results.items() if r["kind"] == "uncached" and r["eps_scale"]["name"] == "none"]
+    """Fill each set's paired difference against the best uncached set of any sampler at no more MACs (`vs`;
+    ε rule none, the fewer-steps sets) and, for a set with the ε rule, against the best uncached set with
+    or without it (`vs_eb`: the ε-fair baseline)."""
+    _compare(results, "vs", lambda u: results[u]["eps_scale"]["name"] == "none", lambda r: True)
+    _compare(results, "vs_eb", lambda u: True, lambda r: r["eps_scale"]["name"] != "none")
+
+
+def _compare(results, key, eligible, applies) -> None:
+    uncached = [n for n, r in results.items() if r["kind"] == "uncached" and eligible(n)]
     for name, r in results.items():
+        if not applies(r):
+            continue
         pool = [u for u in uncached if u != name and results[u]["metrics"]["macs"] <= r["metrics"]["macs"] * (1 + 1e-9)]
         if not pool:
-            r["vs"] = None
+            r[key] = None
             continue
         best = min(pool, key=lambda u: results[u]["fid"])
         d = np.asarray(r["draws"]) - np.asarray(results[best]["draws"])
         delta, se = r["fid"] - results[best]["fid"], float(np.std(d, ddof=1))
         verdict = "better" if delta < -2 * se else "worse" if delta > 2 * se else "tie at this n"
-        r["vs"] = {"baseline": best, "delta": delta, "se": se, "verdict": verdict}
+        r[key] = {"baseline": best, "delta": delta, "se": se, "verdict": verdict}
 
 
 def paired(results: dict[str, dict[str, Any]], a: str, b: str) -> tuple[float, float] | None:
@@ -199,6 +228,15 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
         dcol = f"{vs['delta']:+.2f} ± {vs['se']:.2f} ({vs['baseline']})" if vs else "–"
         lines.append(f"| {name} | {r['sampler']} | {r['steps']} | {r['speedup']:.2f}× | {r['latency_speedup']:.2f}× | "
                      f"{r['fid']:.2f} ± {r['fid_std']:.2f} | {dcol} | {vs['verdict'] if vs else '–'} | {notes.get(name, '')} |")
+    eb = [(n, r) for n, r in results.items() if r.get("vs_eb")]
+    if eb:
+        lines += ["", "With the ε rule: each `+eb` set against the best uncached set with or without the rule at no more MACs "
+                  "(the ε-fair baseline; paired Δ ± se):", "", "| set | MAC speedup | digits-native ± se | Δ ± se (baseline) | verdict |",
+                  "|---|---|---|---|---|"]
+        for n, r in eb:
+            v = r["vs_eb"]
+            lines.append(f"| {n} | {r['speedup']:.2f}× | {r['fid']:.2f} ± {r['fid_std']:.2f} | {v['delta']:+.2f} ± {v['se']:.2f} "
+                         f"({v['baseline']}) | {v['verdict']} |")
     lines += ["", "Samplers at equal steps (paired Δ ± se, negative = the first is better):", "",
               "| steps | dpmpp-2m − ddim | dpmpp-2m − ddpm | ddim − ddpm |", "|---|---|---|---|"]
     for k in STEPS:
@@ -210,11 +248,14 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
     lines += ["", "Reuse vs forecast at the same interval (paired Δ ± se, negative = forecast better):", "",
               "| sampler | N | taylor O=1 − FORA | taylor O=2 − FORA |", "|---|---|---|---|"]
     for s in dict.fromkeys(r["sampler"] for r in results.values() if r["family"] == "fora"):
-        for k in range(2, 7):
+        for k in sorted(set(FORA_N) | set(TAYLOR_N)):
+            if not any(f"{s}-{f}" in results for f in (f"fora{k}", f"taylor{k}o1", f"taylor{k}o2")):
+                continue
             cells = []
             for o in (1, 2):
                 d = paired(results, f"{s}-taylor{k}o{o}", f"{s}-fora{k}")
-                cells.append(f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "–")
+                t = results.get(f"{s}-taylor{k}o{o}")
+                cells.append(f"{d[0]:+.2f} ± {d[1]:.2f}" if d else f"– (taylor {t['fid']:.2f} at {t['speedup']:.2f}×)" if t else "–")
             lines.append(f"| {s} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -265,7 +306,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500, help="images per set")
     p.add_argument("--boot", type=int, default=100, help="bootstrap draws of digits-native")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--sets", default="steps,cache:auto,eb:auto", help="comma-separated set names or groups (see the docstring)")
+    p.add_argument("--sets", default="steps,cache:auto,steps:matched,eb:auto,ebsteps:matched", help="comma-separated set names or groups (see the docstring)")
     p.add_argument("--batch", type=int, default=50, help="images per sampling (and latency) batch")
     p.add_argument("--pairs", type=int, default=1, help="paired reference batches per set for latency_speedup")
     p.add_argument("--seed", type=int, default=0)
