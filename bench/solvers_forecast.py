@@ -61,6 +61,7 @@ from ebtune.search.evaluator import Evaluator, Reference
 STEPS = (50, 33, 25, 17, 12, 8, 6)
 STEP_SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
 REFERENCE = "ddpm-50"
+HAND_WRITTEN = "<!-- hand-written below: kept when the script rewrites the tables -->"
 GRID = 20  # images per saved grid: the first batch's first 20
 EB = {"name": "ebcache", "b_h": 0.98, "b_l": 0.96, "t_s": 0.4}
 NAME = re.compile(r"^(?P<sampler>ddpm|ddim|dpmpp-2m|dpmpp-3m)-(?:(?P<steps>\d+)|fora(?P<fora>\d+)|taylor(?P<tn>\d+)o(?P<to>\d+)"
@@ -186,14 +187,17 @@ def compare(results: dict[str, dict[str, Any]]) -> None:
     or without it (`vs_eb`: the ε-fair baseline)."""
     _compare(results, "vs", lambda u: results[u]["eps_scale"]["name"] == "none", lambda r: True)
     _compare(results, "vs_eb", lambda u: True, lambda r: r["eps_scale"]["name"] != "none")
+    # The same at no less *measured* paired latency speedup (noisier: a few batch pairs on a shared CPU).
+    _compare(results, "vs_latency", lambda u: results[u]["eps_scale"]["name"] == "none", lambda r: r["kind"] != "uncached",
+             cost=lambda r: -r["latency_speedup"])
 
 
-def _compare(results, key, eligible, applies) -> None:
+def _compare(results, key, eligible, applies, cost=lambda r: r["metrics"]["macs"]) -> None:
     uncached = [n for n, r in results.items() if r["kind"] == "uncached" and eligible(n)]
     for name, r in results.items():
         if not applies(r):
             continue
-        pool = [u for u in uncached if u != name and results[u]["metrics"]["macs"] <= r["metrics"]["macs"] * (1 + 1e-9)]
+        pool = [u for u in uncached if u != name and cost(results[u]) <= cost(r) + abs(cost(r)) * 1e-9]
         if not pool:
             r[key] = None
             continue
@@ -245,7 +249,33 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
             d = paired(results, f"{a}-{k}", f"{b}-{k}")
             cells.append(f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["", "Reuse vs forecast at the same interval (paired Δ ± se, negative = forecast better):", "",
+    lat = [(n, r) for n, r in results.items() if r.get("vs_latency")]
+    if lat:
+        lines += ["", "Cached sets against the best uncached set at no less *measured* paired latency speedup (same rule, "
+                  "latency instead of MACs; the latency ratios are medians of 3 batch pairs on a loaded CPU, so a few % noisy):", "",
+                  "| set | latency speedup | digits-native | Δ ± se (baseline, its latency speedup) | verdict |", "|---|---|---|---|---|"]
+        for n, r in lat:
+            v = r["vs_latency"]
+            lines.append(f"| {n} | {r['latency_speedup']:.2f}× | {r['fid']:.2f} | {v['delta']:+.2f} ± {v['se']:.2f} ({v['baseline']}, "
+                         f"{results[v['baseline']]['latency_speedup']:.2f}×) | {v['verdict']} |")
+    lines += ["", "Reuse vs forecast at no more MACs: each forecasting set against the best FORA(N) of its sampler that costs "
+              "no more MACs, and each FORA(N) against the best forecasting set that costs no more (paired Δ ± se, negative = "
+              "the row's set is better):", "", "| set | MAC speedup | digits-native | best of the other family at ≤ MACs | Δ ± se | verdict |",
+              "|---|---|---|---|---|---|"]
+    plain = {n: r for n, r in results.items() if r["kind"] != "uncached" and r["eps_scale"]["name"] == "none"}
+    for n, r in plain.items():
+        other = [o for o, q in plain.items() if q["sampler"] == r["sampler"] and (q["kind"] == "reuse") != (r["kind"] == "reuse")
+                 and q["metrics"]["macs"] <= r["metrics"]["macs"] * (1 + 1e-9)]
+        if not other:
+            lines.append(f"| {n} | {r['speedup']:.2f}× | {r['fid']:.2f} | none at ≤ MACs | – | – |")
+            continue
+        best = min(other, key=lambda o: plain[o]["fid"])
+        d, se = paired(results, n, best)
+        verdict = "better" if d < -2 * se else "worse" if d > 2 * se else "tie at this n"
+        lines.append(f"| {n} | {r['speedup']:.2f}× | {r['fid']:.2f} | {best} ({plain[best]['speedup']:.2f}×, {plain[best]['fid']:.2f}) | "
+                     f"{d:+.2f} ± {se:.2f} | {verdict} |")
+    lines += ["", "Reuse vs forecast at the same interval N (taylor's 3 warm-up steps make it cost more MACs than FORA(N); "
+              "paired Δ ± se, negative = forecast better):", "",
               "| sampler | N | taylor O=1 − FORA | taylor O=2 − FORA |", "|---|---|---|---|"]
     for s in dict.fromkeys(r["sampler"] for r in results.values() if r["family"] == "fora"):
         for k in sorted(set(FORA_N) | set(TAYLOR_N)):
@@ -273,7 +303,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
                      if r["sampler"] == s and r["kind"] == "uncached" and r["eps_scale"]["name"] == "none")
         if pts:
             x, y, e, k = zip(*pts)
-            ax.errorbar(x, y, yerr=e, color=colors[s], marker="o", ms=4, capsize=2, label=f"{s}, fewer steps (uncached)")
+            ax.errorbar(x, y, yerr=e, color=colors[s], marker="o", ms=3, capsize=1.5, elinewidth=0.6, label=f"{s}, fewer steps (uncached)")
             for xi, yi, ki in zip(x, y, k):
                 ax.annotate(str(ki), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7, color=colors[s])
     marks = {"fora": ("s", "FORA(N) reuse"), "taylor": ("^", "taylor N, O"), "forecast": ("D", "forecast a3 m5")}
@@ -283,9 +313,8 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
         m, label = marks[r["family"]]
         eb = r["eps_scale"]["name"] != "none"
         hollow = r["family"] == "taylor" and r["params"]["order"] == 1
-        ax.errorbar([r["speedup"]], [r["fid"]], yerr=[r["fid_std"]], fmt=m, ms=6 if not eb else 8, capsize=2,
-                    color=colors[r["sampler"]], mfc="none" if hollow or eb else colors[r["sampler"]],
-                    mew=2 if eb else 1, alpha=0.85)
+        ax.plot([r["speedup"]], [r["fid"]], m, ms=6 if not eb else 8, color=colors[r["sampler"]],
+                mfc="none" if hollow or eb else colors[r["sampler"]], mew=2 if eb else 1, alpha=0.85)
     from matplotlib.lines import Line2D
     handles, labels = ax.get_legend_handles_labels()
     handles += [Line2D([], [], marker="s", ls="", color="k", label="FORA(N), 50 steps"),
@@ -294,8 +323,9 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
                 Line2D([], [], marker="o", ls="", color="k", mfc="none", ms=9, mew=2, label="thick hollow: + ε rule ebcache")]
     ax.legend(handles=handles, fontsize=7, loc="upper left")
     ax.set_xlabel("MAC speedup vs DDPM 50 steps uncached")
-    ax.set_ylabel("digits-native (lower is better), ± bootstrap se")
-    ax.set_title("dit-tiny, cfg 1.5: fewer steps per sampler vs reuse/forecast caching (50 steps)", fontsize=9)
+    ax.set_ylabel("digits-native (lower is better); bars: unpaired bootstrap se")
+    ax.set_title("dit-tiny, cfg 1.5, n = 500: fewer steps per sampler (numbers = steps) vs reuse/forecast caching at 50 steps;\n"
+                 "the sets share noise, so their differences are far tighter than the bars (paired se in the table)", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -331,7 +361,7 @@ def main() -> None:
         old = json.loads(Path(a.json).read_text())
         if all(old["meta"][k] == meta[k] for k in ("n", "boot", "seed", "batch")):
             results, meta["wall_s"] = old["sets"], old["meta"].get("wall_s", 0.0)
-            meta["command"] = old["meta"].get("command", command) if a.report_only else command
+            meta["command"] = command
     if not a.report_only:
         ev = evaluator(a.n, a.boot, a.batch, a.pairs, a.seed)
         start, wall0 = time.perf_counter(), meta["wall_s"]
@@ -368,7 +398,9 @@ def main() -> None:
     loads = [r["loadavg"][0] for r in results.values()]
     meta.update(load_min=min(loads), load_max=max(loads), wall_min=meta["wall_s"] / 60)
     notes = json.loads(Path(a.notes).read_text()) if a.notes else {}
-    Path(a.md).write_text(markdown(results, meta, notes))
+    # Text after HAND_WRITTEN in an existing table file (the conclusions) is kept when the tables are rewritten.
+    kept = Path(a.md).read_text().partition(HAND_WRITTEN)[2] if Path(a.md).is_file() else ""
+    Path(a.md).write_text(markdown(results, meta, notes) + ("\n" + HAND_WRITTEN + kept if kept else ""))
     if a.plot:
         plot(results, a.plot)
     for name, r in results.items():
