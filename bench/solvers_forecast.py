@@ -1,7 +1,9 @@
 """Fewer steps per sampler against reuse and forecast caching on dit-tiny, paired (issue 21 item 4, issue 22 item 7).
 
     RAY_AUTH_MODE=disabled MLFLOW_DISABLE_TELEMETRY=true PYTHONPATH=$PWD \
-        .venv/bin/python bench/solvers_forecast.py --n 500 --boot 100 --threads 1
+        .venv/bin/python bench/solvers_forecast.py --n 500 --boot 100 --threads 1 [--grid-sets A,B,... --notes FILE]
+
+(The quoted run, `bench/results-solvers-forecast.md`: 32 min on the shared 2-core CPU, one thread.)
 
 Every set is sampled by `Evaluator.evaluate` of one search config (dit-tiny, cfg 1.5, seed 0, the same
 class-balanced labels, initial noise and step noise batch by batch), against the reference = DDPM 50
@@ -338,7 +340,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sets", default="steps,cache:auto,steps:matched,eb:auto,ebsteps:matched", help="comma-separated set names or groups (see the docstring)")
     p.add_argument("--batch", type=int, default=50, help="images per sampling (and latency) batch")
-    p.add_argument("--pairs", type=int, default=1, help="paired reference batches per set for latency_speedup")
+    p.add_argument("--pairs", type=int, default=3, help="paired reference batches per set for latency_speedup")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="bench/results-solvers-forecast.json")
     p.add_argument("--md", default="bench/results-solvers-forecast.md")
