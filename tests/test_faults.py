@@ -329,7 +329,7 @@ def test_consecutive_failures_stop_the_search_with_a_summary(tmp_path):
     out = _driver(tmp_path, "trials", "raise,raise,raise", "search", *TINY, "trials=5", f"out={run}", "name=c",
                   "search.max_consecutive_failures=2")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "search stopped: 2 trials failed in a row" in out.stdout and "Pareto front (0 point(s))" in out.stdout
+    assert "search stopped: 2 trials failed in a row" in out.stdout and "verdict (0 distinguishable front point(s)" in out.stdout
     study = load_folder_study(run)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
 
