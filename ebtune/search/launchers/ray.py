@@ -9,7 +9,7 @@ and reports a pruned trial, which the searcher tells PRUNED with its stage-1 met
 counts the budget in the study before each suggestion (so sessions share it), the driver keeps a
 heartbeat for each trial it asked, and the reason of every failure is stored on the Optuna trial
 before it is told. `search.trial_timeout_s` and `search.max_consecutive_failures` are Tune stopper
-rules (`SearchStopper`); see `ray_trial` for how a worker makes a timeout observable.
+rules (`SearchStopper`); see `_scored` for how a worker makes a timeout observable.
 """
 from __future__ import annotations
 
