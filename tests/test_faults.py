@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -286,6 +287,41 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, kind):
     _row(f"SIGKILL of the driver {'after trial 1 told, before its MLflow write' if kind == 'kill_after_tell' else 'during trial 1'}", c)
     assert c["problems"] == [] and c["lost"] == 0 and c["duplicated"] == 0
     assert c["interrupted"] == (1 if kind == "kill_in_trial" else 0)
+
+
+def _when_running(run: Path, number: int, proc: subprocess.Popen, timeout_s: float = 600) -> str:
+    """Wait until trial `number` of the search in `run` is RUNNING (asked; its Ray worker may not have
+    started yet), once the trial before it was told; returns what the driver printed until then."""
+    seen = []
+    for line in proc.stdout:  # the study exists once the trial before is told
+        seen.append(line)
+        if f"trial-{number - 1:04d}" in line:
+            break
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s and proc.poll() is None:
+        if any(t.number == number and t.state == TrialState.RUNNING for t in load_folder_study(run).trials):
+            return "".join(seen)
+        time.sleep(0.2)
+    raise AssertionError(f"trial {number} never ran: {''.join(seen)[-4000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_ray_driver_killed_during_a_trial_then_resume(tmp_path, monkeypatch, sig):
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the driver's lines arrive as they are printed
+    run = tmp_path / "rk"
+    args = ["search", *TINY, "launcher=ray", "ray.num_cpus=1", "trials=3", f"out={run}", "name=rk"]
+    driver = _driver(tmp_path, "trials", "ok", *args, wait=False)
+    out = _when_running(run, 1, driver)
+    driver.send_signal(sig)
+    out += driver.communicate(timeout=300)[0]
+    assert driver.returncode == (-9 if sig == signal.SIGKILL else 130), out[-4000:]
+    assert sig == signal.SIGKILL or "trial-0001 interrupted; re-queued" in out  # as a local session does
+    resumed = _driver(tmp_path, "trials", "ok", *args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    c = _consistency(run, 3)
+    _row(f"launcher=ray: {sig.name} of the driver during trial 1, then resume", c)
+    assert c["problems"] == [] and c["interrupted"] == 1 and c["lost"] == 0 and c["duplicated"] == 0
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ and reports a pruned trial, which the searcher tells PRUNED with its stage-1 met
 counts the budget in the study before each suggestion (so sessions share it), the driver keeps a
 heartbeat for each trial it asked, and the reason of every failure is stored on the Optuna trial
 before it is told. `search.trial_timeout_s` and `search.max_consecutive_failures` are Tune stopper
-rules (`SearchStopper`); see `ray_trial` for how a worker makes a timeout observable.
+rules (`SearchStopper`); see `_scored` for how a worker makes a timeout observable.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -231,6 +233,15 @@ class RecordingOptunaSearch(OptunaSearch):
         reopens the study, the search's one state), so the checkpoint records only that."""
         Path(checkpoint_path).write_text("ebtune: the Optuna study holds this searcher's state\n")
 
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: fail and re-queue the trials still running, as a local session does."""
+        study = self._job.study
+        for ot_trial in self._by_tune.values():
+            study.tell(ot_trial.number, state=TrialState.FAIL)
+            retry(study, study.get_trials(deepcopy=False)[ot_trial.number])
+            self._job.recorder.told(ot_trial.number)
+        self._by_tune.clear()
+
     def stop_heartbeats(self) -> None:
         for beat in self._beats.values():
             beat.__exit__(None, None, None)
@@ -297,6 +308,9 @@ class RayLauncher(Launcher):
         # Heartbeats and pruned results carry no objective values; the searcher checks a complete
         # result's itself (`Job.values`: a missing or NaN objective fails the trial).
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        # Ctrl-C raises KeyboardInterrupt as in a local search (re-queue, bookkeeping, exit 130), instead of
+        # Tune ending the experiment as if its budget were met.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if self.cfg["address"]:
             ray.init(address=self.cfg["address"], **kw)
@@ -334,7 +348,12 @@ class RayLauncher(Launcher):
         import ray
         from ray import tune
 
+        term = signal.getsignal(signal.SIGTERM)
         link = self._init()
+        if term is not None and threading.current_thread() is threading.main_thread():
+            # ray.init installs a SIGTERM handler that aborts the driver; keep the search's
+            # (`sigterm_interrupts`: the running trials re-queued, the bookkeeping finished).
+            signal.signal(signal.SIGTERM, term)
         try:
             per_trial, concurrent = self.resources(ray.cluster_resources())
             cluster = ray.cluster_resources()
@@ -359,6 +378,9 @@ class RayLauncher(Launcher):
             )
             try:
                 tuner.fit()
+            except KeyboardInterrupt:
+                searcher.interrupt()
+                raise
             finally:
                 searcher.stop_heartbeats()
             check_streak(job)
