@@ -11,6 +11,7 @@ the trials its plan names. ebtune itself has no fault hooks.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ from ebtune.search.study import counted, load_folder_study
 
 from .conftest import TINY_SEARCH
 
+ROOT = Path(__file__).resolve().parents[1]
 FAULT = "fault"
 # Points the gate must prune and must keep, in 4-step searches: no cache with ε halved (the no-cache
 # baseline costs the same and is far better on the proxy images), and the space's cheapest point (1 of
@@ -68,6 +70,8 @@ def search(request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the MLflow store stays in the test's folder
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # Ray's workers unpickle the test's FaultySpace: they must find this package (`tests`) as the driver does.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     launcher = request.param
 
     def run(trials: int, plan: Mapping[int, str], *overrides: str) -> tuple[SearchResult, list[str]]:
