@@ -314,7 +314,21 @@ def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study
     assert [n for n in names if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (7, 5, 3, 2, 1)]
     assert load_schedule_file(folder / "schedules/baseline-ddim-5.json").sampler["name"] == "ddim"
     evaluated = [b["metrics"] for b in record.baselines] + [t["metrics"] for t in record.trials()]
-    assert result.cost_macs == pytest.approx(sum(m["images"] * m["macs"] for m in evaluated))
+    assert result.cost_macs == pytest.approx(sum(m["images"] * m["macs"] for m in evaluated)) and result.reused_macs == 0
     pareto = json.loads((folder / "pareto.json").read_text())
     assert [p["number"] for p in pareto["points"]] == [p["number"] for p in result.front]
     assert f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs" in "\n".join(lines)
+
+    # Another search of the same model, sampler, steps, seeds and n takes every baseline from the store,
+    # identical to the first search's; one with other images evaluates its own.
+    again = compose([*tiny, "trials=1", "name=again", f"out={tmp_path / 'again'}", "search.baseline_samplers=[ddim]"],
+                    config_name="search")
+    second = run_search(SearchConfig.from_mapping(again), log=lines.append)
+    baselines = SearchRecord(load_folder_study(tmp_path / "again")).baselines
+    assert second.reused_macs == pytest.approx(sum(b["metrics"]["images"] * b["metrics"]["macs"] for b in record.baselines))
+    assert all(b["reused"] for b in baselines) and [b["quality_draws"] for b in baselines] == [
+        b["quality_draws"] for b in record.baselines]
+    other = compose([*tiny, "trials=1", "name=other", f"out={tmp_path / 'other'}", "search.baseline_samplers=[ddim]",
+                     "seed=1"], config_name="search")
+    third = run_search(SearchConfig.from_mapping(other), log=lines.append)
+    assert third.reused_macs == 0 and not any(b["reused"] for b in SearchRecord(load_folder_study(tmp_path / "other")).baselines)

@@ -24,6 +24,7 @@ from ebtune.core.schedule import Schedule
 from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
+from ebtune.search.baseline_cache import BaselineCache, outcome_key
 from ebtune.search.evaluator import Evaluator, Outcome, Reference
 from ebtune.search.space import SearchSpace
 
@@ -106,15 +107,18 @@ def _eta(seconds: float) -> str:
 
 
 def evaluate_baselines(
-    evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome], None] | None = None,
+    evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome, bool], None] | None = None,
     space: SearchSpace | None = None, progress: Callable[[str], None] | None = _print_now,
+    cache: BaselineCache | None = None,
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
-    """Evaluate every baseline (no cache first, as the reference of the others).
+    """Evaluate every baseline (no cache first, as the reference of the others), or take its outcome
+    from `cache` when an earlier search stored the same evaluation (`baseline_cache.outcome_key`).
 
     Args:
-        on_done: called after each baseline with its schedule, sampler and outcome (for recording).
-        progress: gets one line before each baseline, "baselines k/n: NAME ...", with the time left
-            estimated from the seconds per sampled MAC so far (None: silent).
+        on_done: called after each baseline with its schedule, sampler, outcome and whether it was
+            reused (for recording).
+        progress: gets one line before each evaluated baseline, "baselines k/n: NAME ...", with the
+            time left estimated from the seconds per sampled MAC so far (None: silent).
 
     Returns:
         (baseline, outcome) pairs in `plan` order and the no-cache reference for the trials.
@@ -129,16 +133,23 @@ def evaluate_baselines(
         work.append((base, sampler, schedule, evaluator.macs(schedule, sampler)))
     total_macs, done_macs, started = sum(w[3] for w in work), 0.0, time.monotonic()
     for k, (base, sampler, schedule, macs) in enumerate(work, start=1):
-        if progress is not None:
-            left = "" if not done_macs else (
-                f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
-            progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} images){left}")
-        outcome = evaluator.evaluate(schedule, reference, sampler)
-        done_macs += macs
+        key = outcome_key(evaluator, schedule, sampler) if cache is not None else ""
+        outcome = cache.load(key) if cache is not None else None
+        reused = outcome is not None
+        if outcome is None:
+            if progress is not None:
+                left = "" if not done_macs else (
+                    f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
+                progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} "
+                         f"images){left}")
+            outcome = evaluator.evaluate(schedule, reference, sampler)
+            done_macs += macs
+            if cache is not None:
+                cache.store(key, outcome)
         if reference is None:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         results.append((base, outcome))
         if on_done is not None:
-            on_done(base, schedule, sampler, outcome)
+            on_done(base, schedule, sampler, outcome, reused)
     assert reference is not None  # plan() always starts with no cache
     return results, reference

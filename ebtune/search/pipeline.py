@@ -25,6 +25,7 @@ import torch
 from ebtune import __version__
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
+from ebtune.search.baseline_cache import BaselineCache, outcome_key
 from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
 from ebtune.search.baselines import plan as baseline_plan
 from ebtune.search.config import SearchConfig
@@ -52,7 +53,8 @@ class SearchResult:
     front: list[dict[str, Any]]
     baselines: list[dict[str, Any]]
     confirmation: dict[str, Any] | None
-    cost_macs: float  # images × MACs per image over every evaluation, confirmation included
+    cost_macs: float  # images × MACs per image sampled by this search: baselines, trials, confirmation
+    reused_macs: float  # the same over the baselines taken from an earlier search (`search.baseline_cache`)
     verdict: Verdict
     tracking_uri: str
     mlflow_parent: str | None  # the parent run (experiment name, run id); None while the store was unreachable
@@ -169,12 +171,23 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
 
 def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -> Reference:
     """Evaluate the baselines the study does not hold yet; returns the no-cache reference of the trials."""
-    evaluator, recorder = session.evaluator, session.recorder
+    evaluator, recorder, cache = session.evaluator, session.recorder, baseline_cache(session.config)
     if [b["name"] for b in recorder.baselines] != names:
-        return evaluate_baselines(evaluator, recorder.baseline, session.space)[1]
-    log("baselines: recorded in the study; re-running no cache for the distance reference")
-    outcome = evaluator.evaluate(baseline_plan(evaluator)[0].schedule(evaluator.ctx), None)
+        return evaluate_baselines(evaluator, recorder.baseline, session.space, cache=cache)[1]
+    schedule = baseline_plan(evaluator)[0].schedule(evaluator.ctx)
+    key = outcome_key(evaluator, schedule, evaluator.sampler) if cache is not None else ""
+    outcome = cache.load(key) if cache is not None else None
+    log("baselines: recorded in the study; " + ("the distance reference from the baseline store" if outcome else
+                                                "re-running no cache for the distance reference"))
+    if outcome is None:
+        outcome = evaluator.evaluate(schedule, None)
     return Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+
+
+def baseline_cache(config: SearchConfig) -> BaselineCache | None:
+    """`search.baseline_cache`: where baseline outcomes are shared between searches (null: nowhere)."""
+    folder = config.cfg["search"].get("baseline_cache")
+    return BaselineCache(Path(folder).absolute()) if folder else None
 
 
 def _trials(session: Session, reference: Reference) -> None:
@@ -207,11 +220,11 @@ def _confirmation(session: Session, log: Callable[[str], None]) -> None:
 
 def _finish(session: Session, status: str, stopped: str | None) -> SearchResult:
     recorder, views = session.recorder, session.views
-    front = recorder.finish(status)
+    front, cost = recorder.finish(status), recorder.cost()
     return SearchResult(
         name=session.config.name, folder=session.config.folder, status=status, front=front,
         baselines=[shown(b) for b in recorder.current_baselines()], confirmation=recorder.confirmation,
-        cost_macs=recorder.cost(), verdict=views.verdict(),
+        cost_macs=cost[0], reused_macs=cost[1], verdict=views.verdict(),
         tracking_uri=views.tracker.uri,
         mlflow_parent=(f"experiment {views.tracker.experiment}, parent run {views.parent_run_id}"
                        if views.parent_run_id is not None and views.guard.up else None),
@@ -227,8 +240,9 @@ def report(result: SearchResult, objectives: tuple[str, ...], log: Callable[[str
     log(f"verdict ({len(result.front)} distinguishable front point(s) over {', '.join(objectives)}, {where}):")
     for line in result.verdict.lines():
         log(f"  {line}")
+    reused = f"; {result.reused_macs / 1e12:.4g} TMACs of baselines reused from earlier searches" if result.reused_macs else ""
     log(f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs (images x MACs per image, baselines, trials and "
-        f"confirmation included)")
+        f"confirmation included{reused})")
     log(f"search folder: {result.folder}")
     if result.mlflow_parent is None:
         log(f"MLflow: {result.tracking_uri} was unreachable; the study holds every result: run `ebtune sync "

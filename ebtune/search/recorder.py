@@ -28,6 +28,7 @@ from ebtune.search.records import (
     FAIL_REASON,
     PROXY_DRAWS,
     QUALITY_DRAWS,
+    REUSED,
     run_ids,
     set_baseline,
     store_result,
@@ -128,19 +129,21 @@ class Recorder:
             save_grid(grid, path, ncol=min(len(grid), 10))
 
     # -- events ------------------------------------------------------------------------------------
-    def baseline(self, base: Baseline, schedule: Schedule, sampler: Sampler, outcome: Outcome) -> None:
-        """Record an evaluated baseline: schedule file and study attribute, then its MLflow view."""
+    def baseline(self, base: Baseline, schedule: Schedule, sampler: Sampler, outcome: Outcome,
+                 reused: bool = False) -> None:
+        """Record an evaluated (or, `reused`, an earlier search's) baseline: schedule file and study
+        attribute, then its MLflow view."""
         params = {"schedule": base.family, **base.params, "sampler": sampler.step.name, "steps": base.steps,
                   "eps_scale": base.eps_scale["name"]}
         parent = self.views.parent_run_id
         rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
         record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
-                  QUALITY_DRAWS: list(outcome.quality_draws), PROXY_DRAWS: list(outcome.proxy_draws)}
+                  QUALITY_DRAWS: list(outcome.quality_draws), PROXY_DRAWS: list(outcome.proxy_draws), REUSED: reused}
         set_baseline(self.study, record)
         self.views.baseline(record)
         m = outcome.metrics
         self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
-                 f"latency {m['latency_s']:.3f}s")
+                 f"latency {m['latency_s']:.3f}s" + ("  (reused: an earlier search's evaluation)" if reused else ""))
 
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
         return {b["name"]: b["metrics"] for b in self.baselines}
@@ -186,11 +189,17 @@ class Recorder:
         else:
             self.log(f"[{self._count(front)}] {name} interrupted; re-queued with the same parameters")
 
-    def cost(self) -> float:
-        """Sampling cost so far: images × MACs per image over every evaluation the study records."""
-        evaluated = [b["metrics"] for b in self.baselines] + [t.user_attrs["metrics"] for t in self.study.trials
-                                                               if "metrics" in t.user_attrs]
-        return float(sum(m.get("images", self.evaluator.n_samples) * m["macs"] for m in evaluated))
+    def cost(self) -> tuple[float, float]:
+        """(sampled, reused): images × MACs per image over every evaluation the study records
+        (baselines, trials, confirmation), and over the baselines taken from an earlier search."""
+        def macs(records: list[dict[str, float]]) -> float:
+            return float(sum(m.get("images", self.evaluator.n_samples) * m["macs"] for m in records))
+
+        confirmed = self.confirmation or {}
+        sampled = [b["metrics"] for b in self.baselines if not b.get(REUSED)]
+        sampled += [t.user_attrs["metrics"] for t in self.study.trials if "metrics" in t.user_attrs]
+        sampled += [*confirmed.get("trials", {}).values(), *confirmed.get("baselines", {}).values()]
+        return macs(sampled), macs([b["metrics"] for b in self.baselines if b.get(REUSED)])
 
     # -- the front and its confirmation ------------------------------------------------------------
     @property

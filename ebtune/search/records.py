@@ -4,7 +4,7 @@ Study attributes:
 - `search`: the settings a resume must match; `search_id`: the search's own id (its MLflow parent
   run carries it); `session.<k>`: the sessions that opened it (their index seeds their sampler).
 - `baselines`: one record per evaluated baseline (name, params, metrics, schedule_file, quality and
-  proxy draws).
+  proxy draws, `reused` when an earlier search's identical evaluation was taken).
 - `confirmed`: the front's confirmation (n_samples, seed, margin, trials' and baselines' metrics and
   quality draws), whichever command ran it; None or absent before one ran.
 - `tracking`, `mlflow_start`, `pareto_meta`: what `ebtune sync` needs to rebuild the views without a
@@ -47,6 +47,7 @@ CONSTRAINTS = "constraints"
 SCHEDULE_ATTR = "schedule_file"
 PROXY_DRAWS = "proxy_draws"
 QUALITY_DRAWS = "quality_draws"  # the quality metric's bootstrap draws: paired across every evaluation
+REUSED = "reused"  # a baseline record taken from an earlier search's identical evaluation (baseline_cache)
 FAIL_REASON = "fail_reason"
 SESSION_ATTR = "ebtune.session"
 HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
@@ -197,4 +198,4 @@ def scored(record: Mapping[str, Any]) -> Scored:
 
 def shown(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record as files and MLflow show it: without its draws."""
-    return {k: v for k, v in record.items() if k not in (QUALITY_DRAWS, PROXY_DRAWS)}
+    return {k: v for k, v in record.items() if k not in (QUALITY_DRAWS, PROXY_DRAWS, REUSED)}

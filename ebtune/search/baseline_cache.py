@@ -1,0 +1,82 @@
+"""Baseline evaluations reused across searches: a content-addressed store of `Outcome`s.
+
+A baseline's outcome is a function of the model's weights and decoder, the sampler and its step
+count, the schedule (masks, predictors, ε factors), the guidance, the seeds, labels, image count and
+batch size, the quality metric with its bootstrap and first-fidelity sizes, the device kind and the
+ebtune version. `outcome_key` hashes all of them (the weights by their bytes), so a change to any one
+misses the store and the baseline is evaluated afresh; searches of the same model, sampler, steps,
+seeds and n share their baselines. The latency stored with an outcome is the one measured when it was
+stored. `search.baseline_cache` names the folder (null: no store).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ebtune import __version__
+from ebtune.core.schedule import Schedule
+from ebtune.sampling.samplers import Sampler
+from ebtune.search.evaluator import Evaluator, Outcome
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the model's parameter and buffer names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _model_digest(model: nn.Module) -> str:
+    # One hash per loaded model and process: an evaluator keeps its model for the whole search.
+    return weights_digest(model)
+
+
+def outcome_key(evaluator: Evaluator, schedule: Schedule, sampler: Sampler) -> str:
+    """The content address of evaluating `schedule` under `sampler` with `evaluator`'s settings."""
+    spec = evaluator.spec
+    what = {
+        "ebtune": __version__, "weights": _model_digest(evaluator.loaded.model), "arch": spec.arch,
+        "decoder": [spec.decoder, spec.vae], "quality": [spec.fid, spec.fid_reference],
+        "schedule": repr((schedule.attn, schedule.mlp, schedule.eps_scale, schedule.attn_predictor,
+                          schedule.mlp_predictor)),
+        "sampler": [sampler.step.name, vars(sampler.step), sampler.steps, repr(sampler.guidance)],
+        "images": [evaluator.seed, evaluator.n_samples, evaluator.batch, evaluator.warmup, evaluator.bootstrap,
+                   evaluator.n_proxy, hashlib.sha256(evaluator.labels.numpy().tobytes()).hexdigest()],
+        "device": evaluator.device.type,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class BaselineCache:
+    """Outcomes stored as `<folder>/<key>.npz`, each written whole (temporary file, then rename)."""
+
+    folder: Path
+
+    def load(self, key: str) -> Outcome | None:
+        path = self.folder / f"{key}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as f:
+            return Outcome(json.loads(str(f["metrics"])), f["latents"], f["grid"],
+                           tuple(float(d) for d in f["proxy_draws"]), tuple(float(d) for d in f["quality_draws"]))
+
+    def store(self, key: str, outcome: Outcome) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = self.folder / f"{key}.{os.getpid()}.tmp.npz"
+        np.savez(staging, metrics=json.dumps(outcome.metrics), latents=outcome.latents, grid=outcome.grid,
+                 proxy_draws=np.asarray(outcome.proxy_draws, dtype=np.float64),
+                 quality_draws=np.asarray(outcome.quality_draws, dtype=np.float64))
+        os.replace(staging, self.folder / f"{key}.npz")
