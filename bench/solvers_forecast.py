@@ -53,7 +53,6 @@ import numpy as np
 import torch
 
 from ebtune.cli.config import compose
-from ebtune.core.schedule import no_cache
 from ebtune.io.grids import save_grid
 from ebtune.run.generate import generate
 from ebtune.schedules import ScheduleContext
@@ -217,23 +216,20 @@ def paired(results: dict[str, dict[str, Any]], a: str, b: str) -> tuple[float, f
     return results[a]["fid"] - results[b]["fid"], float(np.std(d, ddof=1))
 
 
-def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: dict[str, str]) -> str:
-    lines = [f"# Fewer steps vs reuse vs forecast on dit-tiny (issue 21 item 4, issue 22 item 7)", "",
-             "```bash", meta["command"], "```", "",
-             f"n = {meta['n']} images per set, {meta['boot']} bootstrap draws, seed {meta['seed']}, cfg 1.5, class-balanced "
-             f"labels, the same noise for every set; reference = DDPM 50 steps uncached; batch {meta['batch']}, "
-             f"{meta['pairs']} latency pair(s) per set; {meta['threads']} torch thread(s); CPU, "
-             f"load average {meta['load_min']:.1f}–{meta['load_max']:.1f} (1-min, sampled after each set); "
-             f"{meta['wall_min']:.1f} min in all.", "",
-             "digits-native: lower is better. Δ: paired difference against the best uncached set (any sampler, "
-             "ε rule none) with no more MACs; se from the paired bootstrap draws; better/worse beyond 2 se.", "",
-             "| set | sampler | steps | MAC speedup | paired latency speedup | digits-native ± se | Δ vs best uncached at ≤ MACs ± se | verdict | images |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _rows(results: dict[str, dict[str, Any]], notes: dict[str, str]) -> list[str]:
+    """One row per set against the best uncached set at no more MACs."""
+    lines: list[str] = []
     for name, r in results.items():
         vs = r.get("vs")
         dcol = f"{vs['delta']:+.2f} ± {vs['se']:.2f} ({vs['baseline']})" if vs else "–"
         lines.append(f"| {name} | {r['sampler']} | {r['steps']} | {r['speedup']:.2f}× | {r['latency_speedup']:.2f}× | "
                      f"{r['fid']:.2f} ± {r['fid_std']:.2f} | {dcol} | {vs['verdict'] if vs else '–'} | {notes.get(name, '')} |")
+    return lines
+
+
+def _eps_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each `+eb` set against its ε-fair baseline."""
+    lines: list[str] = []
     eb = [(n, r) for n, r in results.items() if r.get("vs_eb")]
     if eb:
         lines += ["", "With the ε rule: each `+eb` set against the best uncached set with or without the rule at no more MACs "
@@ -243,6 +239,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
             v = r["vs_eb"]
             lines.append(f"| {n} | {r['speedup']:.2f}× | {r['fid']:.2f} ± {r['fid_std']:.2f} | {v['delta']:+.2f} ± {v['se']:.2f} "
                          f"({v['baseline']}) | {v['verdict']} |")
+    return lines
+
+
+def _sampler_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Samplers against each other at equal steps."""
+    lines: list[str] = []
     lines += ["", "Samplers at equal steps (paired Δ ± se, negative = the first is better):", "",
               "| steps | dpmpp-2m − ddim | dpmpp-2m − ddpm | ddim − ddpm |", "|---|---|---|---|"]
     for k in STEPS:
@@ -251,6 +253,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
             d = paired(results, f"{a}-{k}", f"{b}-{k}")
             cells.append(f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _latency_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Cached sets against the best uncached set at no less measured latency."""
+    lines: list[str] = []
     lat = [(n, r) for n, r in results.items() if r.get("vs_latency")]
     if lat:
         lines += ["", "Cached sets against the best uncached set at no less *measured* paired latency speedup (same rule, "
@@ -260,6 +268,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
             v = r["vs_latency"]
             lines.append(f"| {n} | {r['latency_speedup']:.2f}× | {r['fid']:.2f} | {v['delta']:+.2f} ± {v['se']:.2f} ({v['baseline']}, "
                          f"{results[v['baseline']]['latency_speedup']:.2f}×) | {v['verdict']} |")
+    return lines
+
+
+def _family_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Reuse against forecast at no more MACs."""
+    lines: list[str] = []
     lines += ["", "Reuse vs forecast at no more MACs: each forecasting set against the best FORA(N) of its sampler that costs "
               "no more MACs, and each FORA(N) against the best forecasting set that costs no more (paired Δ ± se, negative = "
               "the row's set is better):", "", "| set | MAC speedup | digits-native | best of the other family at ≤ MACs | Δ ± se | verdict |",
@@ -276,6 +290,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
         verdict = "better" if d < -2 * se else "worse" if d > 2 * se else "tie at this n"
         lines.append(f"| {n} | {r['speedup']:.2f}× | {r['fid']:.2f} | {best} ({plain[best]['speedup']:.2f}×, {plain[best]['fid']:.2f}) | "
                      f"{d:+.2f} ± {se:.2f} | {verdict} |")
+    return lines
+
+
+def _same_interval_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Reuse against forecast at the same interval N."""
+    lines: list[str] = []
     lines += ["", "Reuse vs forecast at the same interval N (taylor's 3 warm-up steps make it cost more MACs than FORA(N); "
               "paired Δ ± se, negative = forecast better):", "",
               "| sampler | N | taylor O=1 − FORA | taylor O=2 − FORA |", "|---|---|---|---|"]
@@ -289,8 +309,24 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: di
                 t = results.get(f"{s}-taylor{k}o{o}")
                 cells.append(f"{d[0]:+.2f} ± {d[1]:.2f}" if d else f"– (taylor {t['fid']:.2f} at {t['speedup']:.2f}×)" if t else "–")
             lines.append(f"| {s} | {k} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
+
+def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any], notes: dict[str, str]) -> str:
+    lines = ["# Fewer steps vs reuse vs forecast on dit-tiny (issue 21 item 4, issue 22 item 7)", "",
+             "```bash", meta["command"], "```", "",
+             f"n = {meta['n']} images per set, {meta['boot']} bootstrap draws, seed {meta['seed']}, cfg 1.5, class-balanced "
+             f"labels, the same noise for every set; reference = DDPM 50 steps uncached; batch {meta['batch']}, "
+             f"{meta['pairs']} latency pair(s) per set; {meta['threads']} torch thread(s); CPU, "
+             f"load average {meta['load_min']:.1f}–{meta['load_max']:.1f} (1-min, sampled after each set); "
+             f"{meta['wall_min']:.1f} min in all.", "",
+             "digits-native: lower is better. Δ: paired difference against the best uncached set (any sampler, "
+             "ε rule none) with no more MACs; se from the paired bootstrap draws; better/worse beyond 2 se.", "",
+             "| set | sampler | steps | MAC speedup | paired latency speedup | digits-native ± se | Δ vs best uncached at ≤ MACs ± se | verdict | images |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += _rows(results, notes) + _eps_rows(results) + _sampler_rows(results) + _latency_rows(results)
+    lines += _family_rows(results) + _same_interval_rows(results)
+    return "\n".join(lines) + "\n"
 
 def plot(results: dict[str, dict[str, Any]], path: str) -> None:
     import matplotlib
@@ -333,7 +369,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=500, help="images per set")
     p.add_argument("--boot", type=int, default=100, help="bootstrap draws of digits-native")
@@ -350,7 +386,46 @@ def main() -> None:
     p.add_argument("--notes", default="", help="a JSON file {set: one line on what its grid shows} for the table")
     p.add_argument("--resume", action="store_true", help="keep sets of a matching earlier --json instead of sampling them again")
     p.add_argument("--report-only", action="store_true", help="only rewrite the table and plot from --json (no sampling, no grids)")
-    a = p.parse_args()
+    return p
+
+
+def _sample(a: argparse.Namespace, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Sample and score every set of `a.sets` missing from `results`, saving the JSON after each."""
+    ev = evaluator(a.n, a.boot, a.batch, a.pairs, a.seed)
+    start, wall0 = time.perf_counter(), meta["wall_s"]
+
+    def save() -> None:
+        compare(results)
+        meta["wall_s"] = wall0 + time.perf_counter() - start
+        Path(a.json).write_text(json.dumps({"meta": meta, "sets": results}, indent=1))
+
+    ref_latents = None
+    if REFERENCE not in results:
+        rec, _ = run_set(ev, REFERENCE, None, a.boot)
+        ref_latents = rec.pop("latents")
+        results[REFERENCE] = rec
+        print(f"{REFERENCE}: {rec['fid']:.2f} ± {rec['fid_std']:.2f} ({rec['wall_s']:.0f} s, load {rec['loadavg'][0]:.1f})", flush=True)
+        save()
+    # A resumed run has no reference latents: its new sets get no `distance` (the latency pairs need none).
+    reference = Reference(ref_latents if ref_latents is not None else np.zeros(1), results[REFERENCE]["metrics"]["latency_s"])
+    for token in (t.strip() for t in a.sets.split(",") if t.strip()):
+        for name in expand(token, results):
+            if name in results:
+                continue
+            rec, _ = run_set(ev, name, reference, a.boot)
+            rec.pop("latents")
+            if ref_latents is None:
+                rec["metrics"].pop("distance")
+            results[name] = rec
+            print(f"{name}: {rec['fid']:.2f} ± {rec['fid_std']:.2f}  {rec['speedup']:.2f}× MACs, {rec['latency_speedup']:.2f}× latency "
+                  f"({rec['wall_s']:.0f} s, load {rec['loadavg'][0]:.1f})", flush=True)
+            save()
+    for name in (g for g in a.grid_sets.split(",") if g):
+        print("grid:", save_set_grid(ev, name, results[name], a.grids), flush=True)
+
+
+def main() -> None:
+    a = _parser().parse_args()
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     command = ("RAY_AUTH_MODE=disabled MLFLOW_DISABLE_TELEMETRY=true PYTHONPATH=$PWD .venv/bin/python bench/solvers_forecast.py "
@@ -365,37 +440,7 @@ def main() -> None:
             results, meta["wall_s"] = old["sets"], old["meta"].get("wall_s", 0.0)
             meta["command"] = command
     if not a.report_only:
-        ev = evaluator(a.n, a.boot, a.batch, a.pairs, a.seed)
-        start, wall0 = time.perf_counter(), meta["wall_s"]
-
-        def save() -> None:
-            compare(results)
-            meta["wall_s"] = wall0 + time.perf_counter() - start
-            Path(a.json).write_text(json.dumps({"meta": meta, "sets": results}, indent=1))
-
-        ref_latents = None
-        if REFERENCE not in results:
-            rec, _ = run_set(ev, REFERENCE, None, a.boot)
-            ref_latents = rec.pop("latents")
-            results[REFERENCE] = rec
-            print(f"{REFERENCE}: {rec['fid']:.2f} ± {rec['fid_std']:.2f} ({rec['wall_s']:.0f} s, load {rec['loadavg'][0]:.1f})", flush=True)
-            save()
-        # A resumed run has no reference latents: its new sets get no `distance` (the latency pairs need none).
-        reference = Reference(ref_latents if ref_latents is not None else np.zeros(1), results[REFERENCE]["metrics"]["latency_s"])
-        for token in (t.strip() for t in a.sets.split(",") if t.strip()):
-            for name in expand(token, results):
-                if name in results:
-                    continue
-                rec, _ = run_set(ev, name, reference, a.boot)
-                rec.pop("latents")
-                if ref_latents is None:
-                    rec["metrics"].pop("distance")
-                results[name] = rec
-                print(f"{name}: {rec['fid']:.2f} ± {rec['fid_std']:.2f}  {rec['speedup']:.2f}× MACs, {rec['latency_speedup']:.2f}× latency "
-                      f"({rec['wall_s']:.0f} s, load {rec['loadavg'][0]:.1f})", flush=True)
-                save()
-        for name in (g for g in a.grid_sets.split(",") if g):
-            print("grid:", save_set_grid(ev, name, results[name], a.grids), flush=True)
+        _sample(a, results, meta)
     compare(results)
     loads = [r["loadavg"][0] for r in results.values()]
     meta.update(load_min=min(loads), load_max=max(loads), wall_min=meta["wall_s"] / 60)
