@@ -3,7 +3,6 @@ the store gives back exactly what it was given."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from ebtune.cli.config import compose

@@ -65,6 +65,11 @@ class BaselineCache:
 
     folder: Path
 
+    def find(self, evaluator: Evaluator, schedule: Schedule, sampler: Sampler) -> tuple[str, Outcome | None]:
+        """(the evaluation's key, its stored outcome or None)."""
+        key = outcome_key(evaluator, schedule, sampler)
+        return key, self.load(key)
+
     def load(self, key: str) -> Outcome | None:
         path = self.folder / f"{key}.npz"
         if not path.is_file():

@@ -24,7 +24,7 @@ from ebtune.core.schedule import Schedule
 from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
-from ebtune.search.baseline_cache import BaselineCache, outcome_key
+from ebtune.search.baseline_cache import BaselineCache
 from ebtune.search.evaluator import Evaluator, Outcome, Reference
 from ebtune.search.space import SearchSpace
 
@@ -133,8 +133,7 @@ def evaluate_baselines(
         work.append((base, sampler, schedule, evaluator.macs(schedule, sampler)))
     total_macs, done_macs, started = sum(w[3] for w in work), 0.0, time.monotonic()
     for k, (base, sampler, schedule, macs) in enumerate(work, start=1):
-        key = outcome_key(evaluator, schedule, sampler) if cache is not None else ""
-        outcome = cache.load(key) if cache is not None else None
+        key, outcome = cache.find(evaluator, schedule, sampler) if cache is not None else ("", None)
         reused = outcome is not None
         if outcome is None:
             if progress is not None:

@@ -25,7 +25,7 @@ import torch
 from ebtune import __version__
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
-from ebtune.search.baseline_cache import BaselineCache, outcome_key
+from ebtune.search.baseline_cache import BaselineCache
 from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
 from ebtune.search.baselines import plan as baseline_plan
 from ebtune.search.config import SearchConfig
@@ -34,7 +34,7 @@ from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.job import Job, SearchStopped, sigterm_interrupts
 from ebtune.search.launchers import LAUNCHERS
 from ebtune.search.recorder import Recorder, git_commit, pareto_meta
-from ebtune.search.records import set_views_source, shown
+from ebtune.search.records import set_views_source, shown, unconfirm
 from ebtune.search.seeding import seed_study
 from ebtune.search.space import SearchSpace
 from ebtune.search.study import done_trials, open_study, reap
@@ -175,8 +175,7 @@ def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -
     if [b["name"] for b in recorder.baselines] != names:
         return evaluate_baselines(evaluator, recorder.baseline, session.space, cache=cache)[1]
     schedule = baseline_plan(evaluator)[0].schedule(evaluator.ctx)
-    key = outcome_key(evaluator, schedule, evaluator.sampler) if cache is not None else ""
-    outcome = cache.load(key) if cache is not None else None
+    outcome = cache.find(evaluator, schedule, evaluator.sampler)[1] if cache is not None else None
     log("baselines: recorded in the study; " + ("the distance reference from the baseline store" if outcome else
                                                 "re-running no cache for the distance reference"))
     if outcome is None:
@@ -195,7 +194,7 @@ def _trials(session: Session, reference: Reference) -> None:
     config, study = session.config, session.study
     if len(done_trials(study)) >= config.trials:
         return
-    session.recorder.unconfirm()
+    unconfirm(study)
     launcher = LAUNCHERS.make(config.launcher, config.cfg, config.folder)
     launcher.run(Job(study, session.storage, session.space, dict(config.cfg), reference, list(config.objectives),
                      session.recorder, session.evaluator, config.trials))

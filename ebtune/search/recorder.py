@@ -33,7 +33,6 @@ from ebtune.search.records import (
     set_baseline,
     store_result,
     trial_name,
-    unconfirm,
 )
 from ebtune.search.study import done_trials
 from ebtune.search.views import Views
@@ -205,10 +204,6 @@ class Recorder:
     @property
     def confirmation(self) -> dict[str, Any] | None:
         return self.views.confirmation
-
-    def unconfirm(self) -> None:
-        """New trials make a confirmation stale: drop it before they run."""
-        unconfirm(self.study)
 
     def current_baselines(self) -> list[dict[str, Any]]:
         return self.views.current_baselines()

@@ -22,7 +22,6 @@ storage, the study and its seed trials happens under the same lock, so two first
 """
 from __future__ import annotations
 
-import datetime
 import importlib
 import inspect
 import os

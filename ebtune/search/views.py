@@ -35,11 +35,11 @@ from ebtune.search.records import (
     TRACKING,
     SearchRecord,
     mark_synced,
-    scored,
-    shown,
     run_ids,
+    scored,
     set_confirmation,
     set_run_id,
+    shown,
     synced,
     trial_name,
 )
@@ -218,9 +218,10 @@ class Views:
             if self.guard.up:
                 self._front_numbers = numbers
         baselines = self.current_baselines()
+        judged, margin = [(b["name"], scored(b)) for b in baselines], self.record.margin  # read the study once
         for point in front:
-            relations = {b["name"]: relation(scored(point), scored(b), self.objectives, self.record.margin)
-                         for b in baselines}
+            mine = scored(point)
+            relations = {name: relation(mine, base, self.objectives, margin) for name, base in judged}
             if connected and relations != self._tagged.get(point["number"]):
                 self.guard.call("tag_relations", point["number"], relations)
                 if self.guard.up:
@@ -228,7 +229,7 @@ class Views:
             point["relations"] = relations
         confirmed = self.confirmation
         doc = {**self.meta, "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
-               "margin": self.record.margin, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
+               "margin": margin, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
                "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
                "verdict": self.verdict(front, baselines).to_dict(),
                "baselines": [shown(b) for b in baselines], "points": [shown(p) for p in front]}
