@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from multifidelity import hypervolume_2d, reference_point, search  # noqa: E402
+from search_cost import hypervolume_2d, reference_point, search  # noqa: E402
 
 from ebtune.search.gap_gate import REAL_IMAGES  # noqa: E402
 from ebtune.search.space import CALIBRATED, MASKS_KEY, SPACES_DIR  # noqa: E402

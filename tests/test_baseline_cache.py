@@ -8,7 +8,7 @@ import torch
 from ebtune.cli.config import compose
 from ebtune.core.schedule import no_cache
 from ebtune.search.baseline_cache import BaselineCache, outcome_key, weights_digest
-from ebtune.search.evaluator import Evaluator, Outcome
+from ebtune.search.evaluator import Evaluator, Outcome, Rung
 
 SMALL = ["model=dit-tiny", "steps=4", "metric.n_samples=8", "metric.batch_size=4", "metric.latency_warmup=0"]
 
@@ -35,12 +35,12 @@ def test_the_key_follows_weights_images_sampler_and_schedule():
 def test_store_then_load_gives_the_outcome_back(tmp_path):
     rng = np.random.default_rng(0)
     outcome = Outcome({"fid": 1.5, "macs": 2e9}, rng.normal(size=(2, 4, 8, 8)), rng.integers(0, 255, (2, 4, 4, 1), dtype=np.uint8),
-                      (1.0, 2.0), (1.5, 1.25, 1.75))
+                      (Rung(10, 1.5, (1.0, 2.0)),), (1.5, 1.25, 1.75))
     cache = BaselineCache(tmp_path / "store")
     assert cache.load("k") is None
     cache.store("k", outcome)
     got = cache.load("k")
-    assert got.metrics == outcome.metrics and got.proxy_draws == outcome.proxy_draws
+    assert got.metrics == outcome.metrics and got.rungs == outcome.rungs
     assert got.quality_draws == outcome.quality_draws
     np.testing.assert_array_equal(got.latents, outcome.latents)
     np.testing.assert_array_equal(got.grid, outcome.grid)

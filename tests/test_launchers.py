@@ -92,7 +92,7 @@ def _records_complete(folder: Path) -> None:
     for t in load_folder_study(folder).get_trials(states=(TrialState.COMPLETE,)):
         assert (folder / t.user_attrs["schedule_file"]).is_file()
         assert {"fid", "macs", "fid_proxy", "images"} <= set(t.user_attrs["metrics"])
-        assert t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] and len(t.user_attrs["proxy_draws"]) == 10
+        assert t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] and [len(r["draws"]) for r in t.user_attrs["rungs"]] == [10]
 
 
 def test_exact_budget_records_and_resume(search):

@@ -204,7 +204,10 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["model"] == "dit-tiny" and pareto["steps"] == 10 and pareto["objectives"] == ["fid", "macs"]
     names = [b["name"] for b in pareto["baselines"]]
-    assert names[:4] == ["nocache", "fora2", "fora3", "ebcache-table"] and any(n.startswith("ddpm-") for n in names[4:])
+    assert names[0] == "nocache" and {"fora2", "fora3", "ebcache-table"} <= set(names)
+    assert any(n.startswith("ddpm-") for n in names)
+    macs = [b["metrics"]["macs"] for b in pareto["baselines"][1:]]
+    assert macs == sorted(macs)  # after no cache, cheapest first: successive halving needs the cheaper ones known
     assert pareto["points"]
     for point in pareto["points"]:
         assert {"number", "params", "metrics", "schedule_file", "mlflow_run_id"} <= set(point)
@@ -310,8 +313,8 @@ def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study
     assert [p["number"] for p in result.front] == [p["number"] for p in record.front(record.objectives, record.constraints)]
     names = [b["name"] for b in result.baselines]
     # Each baseline sampler runs uncached at 10 / (1.5, 2, 3, 4, 6, 8) steps.
-    assert [n for n in names if n.startswith("ddim-") and "+" not in n] == [f"ddim-{k}" for k in (7, 5, 3, 2, 1)]
-    assert [n for n in names if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (7, 5, 3, 2, 1)]
+    assert [n for n in names if n.startswith("ddim-") and "+" not in n] == [f"ddim-{k}" for k in (1, 2, 3, 5, 7)]
+    assert [n for n in names if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (1, 2, 3, 5, 7)]
     assert load_schedule_file(folder / "schedules/baseline-ddim-5.json").sampler["name"] == "ddim"
     evaluated = [b["metrics"] for b in record.baselines] + [t["metrics"] for t in record.trials()]
     assert result.cost_macs == pytest.approx(sum(m["images"] * m["macs"] for m in evaluated)) and result.reused_macs == 0

@@ -24,7 +24,7 @@ from torch import nn
 from ebtune import __version__
 from ebtune.core.schedule import Schedule
 from ebtune.sampling.samplers import Sampler
-from ebtune.search.evaluator import Evaluator, Outcome
+from ebtune.search.evaluator import Evaluator, Outcome, Rung
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -75,13 +75,16 @@ class BaselineCache:
         if not path.is_file():
             return None
         with np.load(path) as f:
-            return Outcome(json.loads(str(f["metrics"])), f["latents"], f["grid"],
-                           tuple(float(d) for d in f["proxy_draws"]), tuple(float(d) for d in f["quality_draws"]))
+            if "rungs" not in f.files:  # written before successive halving: evaluate again
+                return None
+            rungs = tuple(Rung.from_attr(r) for r in json.loads(str(f["rungs"])))
+            return Outcome(json.loads(str(f["metrics"])), f["latents"], f["grid"], rungs,
+                           tuple(float(d) for d in f["quality_draws"]))
 
     def store(self, key: str, outcome: Outcome) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = self.folder / f"{key}.{os.getpid()}.tmp.npz"
         np.savez(staging, metrics=json.dumps(outcome.metrics), latents=outcome.latents, grid=outcome.grid,
-                 proxy_draws=np.asarray(outcome.proxy_draws, dtype=np.float64),
+                 rungs=json.dumps([r.to_attr() for r in outcome.rungs]),
                  quality_draws=np.asarray(outcome.quality_draws, dtype=np.float64))
         os.replace(staging, self.folder / f"{key}.npz")

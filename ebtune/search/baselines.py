@@ -13,19 +13,29 @@
 - `nocache+<rule>`, `<sampler>-<k>+<rule>`: the same uncached runs with the search space's ε-scale
   rule (`SearchSpace.reference_eps_form`), because ε scaling improves samples without any cache:
   a front point is judged against the strongest schedule that caches nothing.
+
+After no cache, baselines run cheapest first under successive halving over images
+(`ebtune.search.halving`): one stops at a rung where an evaluated baseline that costs no more is
+better on the same images beyond paired noise. A baseline that caches nothing faces only baselines
+that cache nothing, so the strongest uncached schedule at every cost always runs in full; no cache
+and the baselines a constraint names never stop. A stopped baseline is recorded as `pruned` and
+judges nothing.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Collection
+
+import numpy as np
 
 from ebtune.core.schedule import Schedule
 from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 from ebtune.search.baseline_cache import BaselineCache
-from ebtune.search.evaluator import Evaluator, Outcome, Reference
+from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
+from ebtune.search.halving import ProxyRule
 from ebtune.search.space import SearchSpace
 
 NO_CACHE = "nocache"
@@ -60,6 +70,16 @@ class Baseline:
     def schedule(self, ctx: ScheduleContext) -> Schedule:
         return ScheduleSpec.of(self.family, self.params, self.eps_scale).build(ctx)
 
+    @property
+    def caches(self) -> bool:
+        return self.family != "none"
+
+    def built(self, evaluator: Evaluator) -> tuple[Sampler, Schedule, float]:
+        """Its sampler, its schedule in that sampler's steps, and its MACs per image."""
+        sampler = evaluator.sampler_at(self.steps, self.sampler)
+        schedule = self.schedule(ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times))
+        return sampler, schedule, evaluator.macs(schedule, sampler)
+
 
 def baseline_names(evaluator: Evaluator, space: SearchSpace | None = None) -> list[str]:
     """Names of the baselines this search evaluates, in order (constraints may refer to them)."""
@@ -80,9 +100,9 @@ def fewer_steps(steps: int) -> list[int]:
 
 
 def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baseline]:
-    """No cache, the cached baselines (TaylorSeer's too for a space that forecasts), then every
-    baseline sampler uncached at fewer steps; under the space's ε form (when not "none"), every
-    uncached and TaylorSeer baseline once more."""
+    """No cache first, then, cheapest first: the cached baselines (TaylorSeer's too for a space that
+    forecasts) and every baseline sampler uncached at fewer steps; under the space's ε form (when
+    not "none"), every uncached and TaylorSeer baseline once more."""
     steps, own = evaluator.sampler.steps, evaluator.cfg["sampler"]["name"]
     eps_form = space.reference_eps_form() if space is not None else None
     out = [Baseline(NO_CACHE, "none", steps=steps)]
@@ -95,7 +115,7 @@ def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baselin
     if eps_form and eps_form["name"] != "none":
         out += [replace(b, name=f"{b.name}+{eps_form['name']}", eps_scale=dict(eps_form))
                 for b in out if b.family in ("none", "taylor")]
-    return out
+    return out[:1] + sorted(out[1:], key=lambda b: b.built(evaluator)[2])  # stable: ties keep this order
 
 
 def _print_now(line: str) -> None:
@@ -109,28 +129,25 @@ def _eta(seconds: float) -> str:
 def evaluate_baselines(
     evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome, bool], None] | None = None,
     space: SearchSpace | None = None, progress: Callable[[str], None] | None = _print_now,
-    cache: BaselineCache | None = None,
+    cache: BaselineCache | None = None, protected: Collection[str] = (),
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
-    """Evaluate every baseline (no cache first, as the reference of the others), or take its outcome
-    from `cache` when an earlier search stored the same evaluation (`baseline_cache.outcome_key`).
+    """Evaluate every baseline in `plan` order (no cache first, as the reference of the others), or
+    take its outcome from `cache` when an earlier search stored the same evaluation
+    (`baseline_cache.outcome_key`); each may stop at a rung (module docstring) unless `protected`.
 
     Args:
-        on_done: called after each baseline with its schedule, sampler, outcome and whether it was
-            reused (for recording).
+        on_done: called after each baseline with its schedule, sampler, outcome (`pruned` when it
+            stopped at a rung) and whether it was reused (for recording).
         progress: gets one line before each evaluated baseline, "baselines k/n: NAME ...", with the
             time left estimated from the seconds per sampled MAC so far (None: silent).
+        protected: names that never stop (the baselines constraints refer to).
 
     Returns:
         (baseline, outcome) pairs in `plan` order and the no-cache reference for the trials.
     """
     results: list[tuple[Baseline, Outcome]] = []
     reference: Reference | None = None
-    work = []
-    for base in plan(evaluator, space):
-        sampler = evaluator.sampler_at(base.steps, base.sampler)
-        ctx = ScheduleContext(sampler.steps, evaluator.loaded.config.depth, sampler.times)
-        schedule = base.schedule(ctx)
-        work.append((base, sampler, schedule, evaluator.macs(schedule, sampler)))
+    work = [(base, *base.built(evaluator)) for base in plan(evaluator, space)]
     total_macs, done_macs, started = sum(w[3] for w in work), 0.0, time.monotonic()
     for k, (base, sampler, schedule, macs) in enumerate(work, start=1):
         key, outcome = cache.find(evaluator, schedule, sampler) if cache is not None else ("", None)
@@ -141,9 +158,10 @@ def evaluate_baselines(
                     f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
                 progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} "
                          f"images){left}")
-            outcome = evaluator.evaluate(schedule, reference, sampler)
+            gate = None if reference is None or base.name in protected else _rule(base, results)
+            outcome = _evaluate(evaluator, schedule, reference, sampler, gate)
             done_macs += macs
-            if cache is not None:
+            if cache is not None and not outcome.pruned:
                 cache.store(key, outcome)
         if reference is None:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
@@ -152,3 +170,17 @@ def evaluate_baselines(
             on_done(base, schedule, sampler, outcome, reused)
     assert reference is not None  # plan() always starts with no cache
     return results, reference
+
+
+def _rule(base: Baseline, evaluated: list[tuple[Baseline, Outcome]]) -> ProxyRule:
+    """Whom `base` faces at its rungs: every evaluated baseline, or, when `base` caches nothing, the
+    evaluated baselines that cache nothing (so the strongest uncached schedule is never stopped by a cache)."""
+    return ProxyRule(tuple((o.metrics["macs"], o.rungs) for b, o in evaluated if base.caches or not b.caches))
+
+
+def _evaluate(evaluator: Evaluator, schedule: Schedule, reference: Reference | None, sampler: Sampler,
+              gate: ProxyRule | None) -> Outcome:
+    try:
+        return evaluator.evaluate(schedule, reference, sampler, gate=gate)
+    except TrialPruned as stop:
+        return Outcome(stop.metrics, np.zeros(0), np.zeros((0, 1, 1, 1), np.uint8), stop.rungs, pruned=True)

@@ -26,9 +26,10 @@ reported. Reported metrics (see `pareto.DIRECTIONS`):
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
   paired as above);
 - distance: RMS difference of the final latents to the uncached run from the same noise;
-- fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images, the cheap
-  first fidelity that lets a search stop a hopeless trial early (see `evaluate`'s gate); images:
-  how many images the evaluation sampled (its cost is images × macs).
+- fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images; with the same
+  metric on the first 2, 4, ... × n_proxy images below n_samples these are the rungs of successive
+  halving over images: at each rung a gate may stop a hopeless trial (see `evaluate`); images: how
+  many images the evaluation sampled (its cost is images × macs).
 """
 from __future__ import annotations
 
@@ -86,16 +87,33 @@ class TrialError(RuntimeError):
 
 
 class TrialPruned(RuntimeError):
-    """The first fidelity showed that a trial cannot reach the front; `metrics` are its stage-1 metrics."""
+    """A rung of successive halving showed that a trial cannot reach the front; `metrics` are that rung's."""
 
-    def __init__(self, metrics: dict[str, float]):
+    def __init__(self, metrics: dict[str, float], rungs: tuple["Rung", ...] = ()):
         super().__init__(f"pruned after {int(metrics['images'])} images: fid_proxy {metrics['fid_proxy']:.4g}")
-        self.metrics = metrics
+        self.metrics, self.rungs = metrics, rungs
 
 
-# Stage-1 metrics (fid_proxy, its error, macs, images) and the proxy's bootstrap draws → whether
-# the evaluation goes on.
+# A rung's metrics (fid_proxy, its error, macs, images sampled, proxy_images: the rung) and its bootstrap
+# draws → whether the evaluation goes on.
 Gate = Callable[[dict[str, float], list[float]], bool]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """The quality metric on the first `images` images of an evaluation and its bootstrap draws (the
+    same resampled indices for every evaluation of a search with this many images: paired)."""
+
+    images: int
+    value: float
+    draws: tuple[float, ...]
+
+    def to_attr(self) -> dict[str, Any]:
+        return {"images": self.images, "value": self.value, "draws": list(self.draws)}
+
+    @classmethod
+    def from_attr(cls, attr: Mapping[str, Any]) -> "Rung":
+        return cls(int(attr["images"]), float(attr["value"]), tuple(float(d) for d in attr["draws"]))
 
 
 @dataclass(frozen=True)
@@ -113,10 +131,11 @@ class Outcome:
     metrics: dict[str, float]
     latents: np.ndarray
     grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
-    proxy_draws: tuple[float, ...] = ()  # fid_proxy on the bootstrap resamples, paired across evaluations
+    rungs: tuple[Rung, ...] = ()  # the quality metric on the first n_proxy, 2 n_proxy, ... images
     # fid on the `metric.bootstrap` resamples of all the images: the same indices for every evaluation of a
     # search, so two outcomes' draws give the paired error of their difference (`inference.paired_difference`)
     quality_draws: tuple[float, ...] = ()
+    pruned: bool = False  # stopped at a rung: `metrics` are that rung's, latents and grid are empty
 
 
 def latency_batch(n_samples: int, batch_size: int, warmup: int) -> int:
@@ -227,9 +246,11 @@ class Evaluator:
             reference: the uncached run; None while evaluating that run itself (distance 0, latency
                 speedup 1).
             sampler: defaults to the search's; another step count for the fewer-steps baselines.
-            gate: multi-fidelity: once the first `metric.n_proxy` images exist, their quality
-                (fid_proxy ± error) is computed and, if `gate` says so, the evaluation stops there.
-                The proxy images are the first images of the full set, so going on costs only the rest.
+            gate: successive halving over images: at each rung (`rung_sizes`: the first
+                `metric.n_proxy` images, then twice as many, ... below n_samples) the quality on
+                those images (fid_proxy ± error) is computed and, if `gate` says so, the evaluation
+                stops there. Every rung's images are the first images of the full set, so going on
+                costs only the rest.
 
         Raises:
             TrialError: non-finite samples or metrics. TrialPruned: the gate stopped the evaluation.
@@ -237,7 +258,7 @@ class Evaluator:
         sampler = sampler or self.sampler
         macs = self.macs(schedule, sampler)
         fewest, most = (0, 0) if reference is None else (self.pairs, self.max_pairs)
-        images, latents, seconds, ratios, proxy, proxy_draws = [], [], [], [], None, ()
+        images, latents, seconds, ratios, rungs, proxy = [], [], [], [], [], {}
         observe = getattr(gate, "observe", None) if self.n_proxy else None  # a gate that reads the run (gap_gate)
         with ExitStack() as attached:
             # Attached once for every batch, except around a paired reference run: a model carries one cache at a time.
@@ -251,8 +272,8 @@ class Evaluator:
                     attached.close()
                     reference_s = self.reference_seconds(labels, seed)
                     cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
-                # The gap gate watches this trial's proxy batches only, never the uncached reference runs.
-                with watch if watch is not None and proxy is None else nullcontext():
+                # The gap gate watches this trial's first-rung batches only, never the uncached reference runs.
+                with watch if watch is not None and not rungs else nullcontext():
                     out = generate(self.loaded, sampler, cache, labels, seed, self.batch)
                 images.append(out.images)
                 latents.append(out.latents.float().cpu())
@@ -261,17 +282,32 @@ class Evaluator:
                 if paired:
                     ratios.append(reference_s / out.seconds)
                 done = lo + len(out.labels)
-                if proxy is None and 0 < self.n_proxy <= done:
-                    q, draws = self.fid.score_draws(np.concatenate(images)[: self.n_proxy], self.bootstrap, self.seed)
-                    proxy_draws = tuple(float(d) for d in draws)
-                    proxy = {"fid_proxy": q, std_key("fid_proxy"): draws_std(draws), "macs": macs, "images": float(done)}
-                    if gate is not None and done < self.n_samples and not gate(proxy, list(proxy_draws)):
-                        raise TrialPruned(proxy)
-        return self._outcome(np.concatenate(images), torch.cat(latents), macs, seconds, ratios, reference, proxy or {},
-                             proxy_draws)
+                for size in (s for s in self.rung_sizes if s <= done and s > (rungs[-1].images if rungs else 0)):
+                    rungs.append(self._rung(np.concatenate(images), size))
+                    stage = {"fid_proxy": rungs[-1].value, std_key("fid_proxy"): draws_std(rungs[-1].draws),
+                             "macs": macs, "images": float(done), "proxy_images": float(size)}
+                    proxy = proxy or stage  # the first rung's stay in the metrics of a finished evaluation
+                    if gate is not None and done < self.n_samples and not gate(stage, list(rungs[-1].draws)):
+                        raise TrialPruned(stage, tuple(rungs))
+        return self._outcome(np.concatenate(images), torch.cat(latents), macs, seconds, ratios, reference, proxy,
+                             tuple(rungs))
+
+    @property
+    def rung_sizes(self) -> tuple[int, ...]:
+        """Image counts judged before the full set: n_proxy, 2 n_proxy, 4 n_proxy, ... below n_samples
+        (successive halving with a growth factor of 2; none when `metric.n_proxy` is 0)."""
+        sizes, size = [], self.n_proxy
+        while 0 < size < self.n_samples:
+            sizes.append(size)
+            size *= 2
+        return tuple(sizes)
+
+    def _rung(self, images: np.ndarray, size: int) -> Rung:
+        value, draws = self.fid.score_draws(images[:size], self.bootstrap, self.seed)
+        return Rung(size, float(value), tuple(float(d) for d in draws))
 
     def _outcome(self, imgs: np.ndarray, final: torch.Tensor, macs: float, seconds: list[float], ratios: list[float],
-                 reference: Reference | None, proxy: dict[str, float], proxy_draws: tuple[float, ...]) -> Outcome:
+                 reference: Reference | None, proxy: dict[str, float], rungs: tuple[Rung, ...]) -> Outcome:
         """Score a finished evaluation: quality with its draws, cost, latency and distance.
 
         Raises:
@@ -299,7 +335,7 @@ class Evaluator:
         bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.endswith("_std")]
         if bad:
             raise TrialError(f"metric(s) {', '.join(bad)} are not finite; the samples are degenerate")
-        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), proxy_draws, tuple(float(d) for d in draws))
+        return Outcome(metrics, final.numpy(), _small(imgs[:GRID_IMAGES]), rungs, tuple(float(d) for d in draws))
 
     def reference_seconds(self, labels: torch.Tensor, seed: int) -> float:
         """Wall time of sampling `labels` from `seed` uncached with the search's sampler, as `evaluate`

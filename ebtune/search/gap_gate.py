@@ -140,7 +140,7 @@ class GapGate:
     record it computes goes on the trial through `ebtune.search.job.gate_attrs`.
 
     Args:
-        fid_keep: the FID-proxy rule (`ebtune.search.job.ProxyRule`).
+        fid_keep: the FID-proxy rule (`ebtune.search.halving.ProxyRule`).
         known: gap records of the evaluated points. reference: ‖ε‖_i, (K,).
         channels: the latent channel count; n_proxy, bootstrap, seed: the proxy size and the paired resampling.
     """
@@ -172,11 +172,12 @@ class GapGate:
     def __call__(self, proxy: dict[str, float], draws: list[float]) -> bool:
         if self._recorder is None:
             raise RuntimeError("GapGate called before observe(); the evaluator must watch the proxy images")
-        norms = self._recorder.per_image()[: self.n_proxy]
-        self._recorder.__exit__()  # the gap needs only the proxy images: the rest is sampled unobserved
-        self.record = GapRecord(gap_statistic(norms, self.reference),
-                                gap_draws(norms, self.reference, self.bootstrap, self.seed),
-                                float(proxy["macs"]), float(proxy["fid_proxy"]), norms.shape[1])
+        if self.record is None:  # the first rung: the gap is judged once, on the first n_proxy images
+            norms = self._recorder.per_image()[: self.n_proxy]
+            self._recorder.__exit__()  # the gap needs only the proxy images: the rest is sampled unobserved
+            self.record = GapRecord(gap_statistic(norms, self.reference),
+                                    gap_draws(norms, self.reference, self.bootstrap, self.seed),
+                                    float(proxy["macs"]), float(proxy["fid_proxy"]), norms.shape[1])
         proxy["eps_gap"] = self.record.gap
         keep = self.fid_keep(proxy, draws)
         return keep and not gap_beaten(self.record, self.known)

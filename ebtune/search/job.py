@@ -13,7 +13,7 @@ import signal
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import optuna
@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference, TrialError
 from ebtune.search.gap_gate import GAP_KEY, GapGate, gap_enabled
-from ebtune.search.inference import paired_difference
-from ebtune.search.pareto import NOISE_Z
+from ebtune.search.halving import ProxyRule
 from ebtune.search.recorder import Recorder
+from ebtune.search.records import RUNGS
 from ebtune.search.space import SearchSpace
 
 
@@ -85,45 +85,19 @@ class Job:
         """The gate of the next trial, built from what the study knows now: `ProxyRule` over the
         evaluated points, inside a `GapGate` when `metric.gap_prune` is on. Both are plain picklable
         values, so a launcher may build the gate in the driver and run it in a worker."""
-        known = [(b["metrics"], b.get("proxy_draws", [])) for b in self.recorder.baselines]
-        known += [(t.user_attrs["metrics"], t.user_attrs.get("proxy_draws", [])) for t in self.study.get_trials(
+        known = [(b["metrics"], b.get(RUNGS, [])) for b in self.recorder.baselines]
+        known += [(t.user_attrs["metrics"], t.user_attrs.get(RUNGS, [])) for t in self.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
-        rule = ProxyRule(tuple((float(m["macs"]), float(m["fid_proxy"]), tuple(map(float, d)))
-                               for m, d in known if "fid_proxy" in m and len(d) > 1))
+        rule = ProxyRule.over(known)
         if gap_enabled(self.cfg["metric"]):  # metric.gap_prune: the exposure-bias gap rule on top
             return GapGate.of_search(rule, self.study, self.evaluator)
         return rule
 
 
-@dataclass(frozen=True)
-class ProxyRule:
-    """The multi-fidelity rule: stop a trial after its first `metric.n_proxy` images when an
-    evaluated point that costs no more (a baseline or a finished trial) is better on fid_proxy
-    beyond NOISE_Z paired standard errors: the trial cannot then reach the front. Every
-    evaluation draws the same images' seeds and the same bootstrap resamples, so the error of a
-    difference is the spread of the paired draws' differences, which cancels the small-sample
-    bias and most of the noise both share. The proxy is the quality metric itself on fewer
-    images, not the distance to the uncached output: ε scaling moves samples away from the
-    uncached ones while improving them.
-
-    Args:
-        known: (macs, fid_proxy, paired proxy draws) of every evaluated point with draws.
-    """
-
-    known: tuple[tuple[float, float, tuple[float, ...]], ...] = field(repr=False)
-
-    def __call__(self, proxy: dict[str, float], draws: list[float]) -> bool:
-        for macs, fid_proxy, theirs in self.known:
-            d = paired_difference(theirs, draws, fid_proxy, proxy["fid_proxy"])  # < 0: the known point is better
-            if macs <= proxy["macs"] and d.paired and d.value < -NOISE_Z * d.se:
-                return False
-        return True
-
-
 def gate_attrs(outcome: Outcome, gate: Gate) -> dict[str, Any]:
     """What a completed trial keeps for the gates of later trials, as user attributes set before its
-    tell: its proxy's paired draws and, under the gap rule, its gap record (plain JSON values)."""
-    attrs: dict[str, Any] = {"proxy_draws": list(outcome.proxy_draws)}
+    tell: its rungs' paired draws and, under the gap rule, its gap record (plain JSON values)."""
+    attrs: dict[str, Any] = {RUNGS: [r.to_attr() for r in outcome.rungs]}
     if isinstance(gate, GapGate) and gate.record is not None:
         attrs[GAP_KEY] = gate.record.to_attr()
     return attrs

@@ -173,7 +173,8 @@ def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -
     """Evaluate the baselines the study does not hold yet; returns the no-cache reference of the trials."""
     evaluator, recorder, cache = session.evaluator, session.recorder, baseline_cache(session.config)
     if [b["name"] for b in recorder.baselines] != names:
-        return evaluate_baselines(evaluator, recorder.baseline, session.space, cache=cache)[1]
+        protected = {c.baseline for c in session.config.constraints if c.baseline}
+        return evaluate_baselines(evaluator, recorder.baseline, session.space, cache=cache, protected=protected)[1]
     schedule = baseline_plan(evaluator)[0].schedule(evaluator.ctx)
     outcome = cache.find(evaluator, schedule, evaluator.sampler)[1] if cache is not None else None
     log("baselines: recorded in the study; " + ("the distance reference from the baseline store" if outcome else

@@ -26,7 +26,8 @@ from ebtune.search.pareto import Constraint, std_key
 from ebtune.search.space import SearchSpace
 from ebtune.search.records import (
     FAIL_REASON,
-    PROXY_DRAWS,
+    PRUNED,
+    RUNGS,
     QUALITY_DRAWS,
     REUSED,
     run_ids,
@@ -131,18 +132,25 @@ class Recorder:
     def baseline(self, base: Baseline, schedule: Schedule, sampler: Sampler, outcome: Outcome,
                  reused: bool = False) -> None:
         """Record an evaluated (or, `reused`, an earlier search's) baseline: schedule file and study
-        attribute, then its MLflow view."""
+        attribute, then its MLflow view; a baseline stopped at a rung gets the attribute only."""
         params = {"schedule": base.family, **base.params, "sampler": sampler.step.name, "steps": base.steps,
                   "eps_scale": base.eps_scale["name"]}
-        parent = self.views.parent_run_id
-        rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, outcome.metrics, parent)
-        record = {"name": base.name, "params": params, "metrics": outcome.metrics, "schedule_file": rel,
-                  QUALITY_DRAWS: list(outcome.quality_draws), PROXY_DRAWS: list(outcome.proxy_draws), REUSED: reused}
+        record = {"name": base.name, "params": params, "metrics": outcome.metrics,
+                  RUNGS: [r.to_attr() for r in outcome.rungs], REUSED: reused}
+        m = outcome.metrics
+        if outcome.pruned:
+            record[PRUNED] = True
+            line = (f"stopped after {int(m['images'])} images (a baseline that costs no more is better there): "
+                    f"fid_proxy {m['fid_proxy']:.2f}")
+        else:
+            rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, m,
+                             self.views.parent_run_id)
+            record.update(schedule_file=rel, **{QUALITY_DRAWS: list(outcome.quality_draws)})
+            line = (f"fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s"
+                    + ("  (reused: an earlier search's evaluation)" if reused else ""))
         set_baseline(self.study, record)
         self.views.baseline(record)
-        m = outcome.metrics
-        self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
-                 f"latency {m['latency_s']:.3f}s" + ("  (reused: an earlier search's evaluation)" if reused else ""))
+        self.log(f"baseline {base.name:>14}: {line}")
 
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
         return {b["name"]: b["metrics"] for b in self.baselines}

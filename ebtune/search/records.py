@@ -14,7 +14,7 @@ Study attributes:
 Trial attributes: `metrics` (every reported metric) and each metric on its own (for
 optuna-dashboard), `constraints` (violations, ≤ 0 = satisfied), `schedule_file` (written before the
 tell), `quality_draws` (the quality metric's bootstrap draws, paired with every other evaluation's),
-`proxy_draws` (the first-fidelity gate's paired draws), `fail_reason` (a real failure),
+`rungs` (successive halving's rungs: the quality on the first images, with paired draws), `fail_reason` (a real failure),
 `ebtune.session` (host:pid:start of the process running it) and `ebtune.heartbeat`.
 
 `SearchRecord(study)` reads a study: its trials, baselines, confirmation and feasible front, each a
@@ -45,7 +45,8 @@ SYNCED = "mlflow_synced."
 METRICS = "metrics"
 CONSTRAINTS = "constraints"
 SCHEDULE_ATTR = "schedule_file"
-PROXY_DRAWS = "proxy_draws"
+RUNGS = "rungs"
+PRUNED = "pruned"  # a baseline stopped at a rung of successive halving: it judges nothing
 QUALITY_DRAWS = "quality_draws"  # the quality metric's bootstrap draws: paired across every evaluation
 REUSED = "reused"  # a baseline record taken from an earlier search's identical evaluation (baseline_cache)
 FAIL_REASON = "fail_reason"
@@ -169,7 +170,7 @@ class SearchRecord:
         """The baseline records, with confirmed metrics and draws (and the search's metrics as
         `search_metrics`) once confirmed."""
         confirmed = self.confirmation
-        shown = [{k: v for k, v in b.items() if k != PROXY_DRAWS} for b in self.baselines]  # the gate's, not a result
+        shown = [{k: v for k, v in b.items() if k != RUNGS} for b in self.baselines if not b.get(PRUNED)]
         if not confirmed:
             return shown
         return [{**b, "metrics": confirmed["baselines"][b["name"]], "search_metrics": b["metrics"],
@@ -198,4 +199,4 @@ def scored(record: Mapping[str, Any]) -> Scored:
 
 def shown(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record as files and MLflow show it: without its draws."""
-    return {k: v for k, v in record.items() if k not in (QUALITY_DRAWS, PROXY_DRAWS, REUSED)}
+    return {k: v for k, v in record.items() if k not in (QUALITY_DRAWS, RUNGS, REUSED)}
