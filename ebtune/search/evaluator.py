@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from ebtune.cache.engine import CachedModel
-from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.errors import ConfigError
 from ebtune.metrics.fid import draws_std
@@ -217,7 +216,7 @@ class Evaluator:
 
     def macs(self, schedule: Schedule, sampler: Sampler) -> float:
         """MACs per image of a whole sampling run under `schedule`."""
-        return float(sampling_macs(self.loaded.config, schedule, batch=1, cfg=sampler.guidance.active))
+        return float(self.loaded.macs(schedule, batch=1, cfg=sampler.guidance.active))
 
     def evaluate(self, schedule: Schedule, reference: Reference | None, sampler: Sampler | None = None,
                  gate: Gate | None = None) -> Outcome:
