@@ -163,6 +163,7 @@ def test_a_wrong_family_or_folder_is_one_config_error_line(tmp_path, settings, m
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # about 30 s on a shared 2-core CPU, most of it MLflow creating its store
 def test_a_search_runs_on_the_diffusers_model_and_its_schedules_apply_back(folder, tmp_path, monkeypatch):
     from ebtune.search import SearchConfig, run_search
     from ebtune.search.records import SearchRecord
