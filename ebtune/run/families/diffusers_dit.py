@@ -59,14 +59,19 @@ class DiffusersDiTFamily(ModelFamily):
 
     def config(self, spec: ModelSpec) -> DiTConfig:
         c = _saved_config(spec.ckpt)
-        heads, width, in_channels = int(c["num_attention_heads"]), int(c["attention_head_dim"]), int(c["in_channels"])
-        out_channels = int(c.get("out_channels") or in_channels)
+        try:
+            heads, in_channels = int(c["num_attention_heads"]), int(c["in_channels"])
+            out_channels = int(c.get("out_channels") or in_channels)
+            shape = dict(input_size=int(c["sample_size"]), patch_size=int(c["patch_size"]), in_channels=in_channels,
+                         hidden_size=heads * int(c["attention_head_dim"]), depth=int(c["num_layers"]), num_heads=heads,
+                         num_classes=int(c["num_embeds_ada_norm"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{spec.ckpt}/config.json has no usable {e} for a {CLASS_NAME}; save the model there "
+                              "with save_pretrained") from None
         if out_channels not in (in_channels, 2 * in_channels):
             raise ConfigError(f"{spec.ckpt}: out_channels {out_channels} is neither in_channels {in_channels} (ε) nor "
                               f"twice it (ε and learned variance); ebtune samples DiT's two output layouts only")
-        return DiTConfig(input_size=int(c["sample_size"]), patch_size=int(c["patch_size"]), in_channels=in_channels,
-                         hidden_size=heads * width, depth=int(c["num_layers"]), num_heads=heads,
-                         num_classes=int(c["num_embeds_ada_norm"]), learn_sigma=out_channels == 2 * in_channels)
+        return DiTConfig(**shape, learn_sigma=out_channels == 2 * in_channels)
 
     def load(self, spec: ModelSpec, config: DiTConfig, random_weights: bool) -> nn.Module:
         try:
