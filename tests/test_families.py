@@ -90,32 +90,18 @@ def test_the_diffusers_layout_converts_back_to_dit_tiny_exactly():
     assert back.keys() == dit.keys() and all(torch.equal(back[k], dit[k]) for k in dit)
 
 
-def test_every_family_implements_the_interface():
+# The contract suite runs on every registered family: name → the spec of a small model of it.
+CASES = {
+    "dit": lambda folder: ModelSpec("dit-tiny", "tiny", image_size=16, decoder="digits"),
+    "diffusers-dit": lambda folder: spec(folder),
+}
+
+
+def test_every_family_has_a_contract_case():
+    assert set(CASES) == set(FAMILIES)
     for name in FAMILIES:
         family = FAMILIES.make(name)
         assert isinstance(family, ModelFamily) and family.name == name
-
-
-def test_dit_family_is_the_default_and_unchanged():
-    loaded = ebtune.load_model("dit-tiny")
-    assert loaded.spec.family == "dit" and type(loaded.model) is DiT
-    schedule = Schedule(attn=[(True,) * 6, (False,) * 6], mlp=[(True,) * 6, (True, False) * 3])
-    assert loaded.macs(schedule, batch=3, cfg=True) == sampling_macs(loaded.config, schedule, batch=3, cfg=True)
-    assert loaded.schedule_model() == {"family": "dit", "name": "dit-tiny", "depth": 6, "input_size": 8, "patch_size": 2}
-
-
-def test_the_diffusers_model_runs_natively(folder):
-    loaded = load_model(spec(folder))
-    assert isinstance(loaded.model, diffusers.DiTTransformer2DModel) and loaded.config == TINY
-    native = diffusers.DiTTransformer2DModel.from_pretrained(folder).eval()
-    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([5, 500, 999]), torch.tensor([0, 7, 10])  # 10: the null class
-    with torch.no_grad():
-        expected = native(x, timestep=t, class_labels=y).sample
-        assert torch.equal(loaded.model(x, t, y), expected)
-        with ebtune.cached(loaded.model, no_cache(1, TINY.depth)):  # all-compute: bit-identical
-            assert torch.equal(loaded.model(x, t, y), expected)
-    assert loaded.schedule_model() == {"family": "diffusers-dit", "name": "dit-tiny", "depth": 6, "input_size": 8,
-                                       "patch_size": 2}
 
 
 def _measured_macs(fn) -> float:
@@ -125,23 +111,45 @@ def _measured_macs(fn) -> float:
     return counter.get_total_flops() / 2  # FLOPs = 2 × MACs
 
 
-def test_diffusers_macs_equal_the_flop_counter_computed_and_cached(folder):
-    loaded = load_model(spec(folder))
-    family = loaded.spec.model_family
-    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([1, 50, 999]), torch.tensor([0, 1, 5])
+@pytest.mark.parametrize("name", list(CASES))
+def test_family_contract_call_cache_macs_and_schedule_file(name, folder):
+    loaded = load_model(CASES[name](folder))
+    family, config = loaded.spec.model_family, loaded.config
+    null = family.null_label(config)
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([1, 50, 999]), torch.tensor([0, 7, null])
     with torch.no_grad():
-        measured = _measured_macs(lambda: loaded.model(x, t, y))
-    assert measured == 3 * family.forward_macs(loaded.config).total
-    # A run that reuses branches: every step's embedders and adaLN, only the computed branches.
-    steps = 4
+        out = loaded.model(x, t, y)
+        assert out.shape == (3, config.out_channels, config.input_size, config.input_size)
+        with ebtune.cached(loaded.model, no_cache(1, config.depth)):  # all-compute: bit-identical
+            assert torch.equal(loaded.model(x, t, y), out)
+        assert _measured_macs(lambda: loaded.model(x, t, y)) == 3 * family.forward_macs(config).total
+    # A guided run that reuses branches: every step pays embedders and adaLN, only computed branches run.
     schedule = Schedule(attn=[(True,) * 6, (False,) * 6, (True, False) * 3, (False,) * 6],
                         mlp=[(True,) * 6, (True,) * 6, (False,) * 6, (False, True) * 3])
-    sampler = make_sampler("ddim", steps, Guidance(1.5, family.null_label(loaded.config), None))
+    sampler = make_sampler("ddim", 4, Guidance(1.5, null, None))
     noise, labels = torch.randn(2, 4, 8, 8), torch.tensor([3, 4])
-    measured = _measured_macs(lambda: sampler.sample(loaded.model, noise, labels, schedule))
-    assert measured == loaded.macs(schedule, batch=2, cfg=True)
-    # diffusers recomputes the timestep MLP in every block: the DiT count would be wrong here.
-    assert measured > sampling_macs(loaded.config, schedule, batch=2, cfg=True)
+    assert _measured_macs(lambda: sampler.sample(loaded.model, noise, labels, schedule)) == loaded.macs(
+        schedule, batch=2, cfg=True)
+    assert loaded.schedule_model() == {"family": name, "name": "dit-tiny", "depth": 6, "input_size": 8, "patch_size": 2}
+
+
+def test_dit_family_is_the_default_and_counts_as_before():
+    loaded = ebtune.load_model("dit-tiny")
+    assert loaded.spec.family == "dit" and type(loaded.model) is DiT and loaded.config == TINY
+    schedule = Schedule(attn=[(True,) * 6, (False,) * 6], mlp=[(True,) * 6, (True, False) * 3])
+    assert loaded.macs(schedule, batch=3, cfg=True) == sampling_macs(loaded.config, schedule, batch=3, cfg=True)
+
+
+def test_the_diffusers_family_runs_diffusers_own_module_and_counts_its_extra_embedders(folder):
+    loaded = load_model(spec(folder))
+    assert isinstance(loaded.model, diffusers.DiTTransformer2DModel) and loaded.config == TINY
+    native = diffusers.DiTTransformer2DModel.from_pretrained(folder).eval()
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([5, 500, 999]), torch.tensor([0, 7, 10])  # 10: the null class
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t, y), native(x, timestep=t, class_labels=y).sample)
+    # Every block recomputes the timestep MLP (256·D + D·D) that DiT computes once per forward.
+    D, schedule = TINY.hidden_size, no_cache(4, TINY.depth)
+    assert loaded.macs(schedule) - sampling_macs(TINY, schedule) == 4 * TINY.depth * (256 * D + D * D)
 
 
 @pytest.mark.parametrize("settings, message", [
