@@ -22,7 +22,7 @@ reported. Reported metrics (see `pareto.DIRECTIONS`):
 - fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
   standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
-- macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
+- macs: exact MACs per image (`LoadedModel.macs`, counted by the model family); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
   paired as above);
 - distance: RMS difference of the final latents to the uncached run from the same noise;
