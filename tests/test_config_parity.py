@@ -10,7 +10,7 @@ import yaml
 from ebtune.cli.config import CONF_DIR, choices, registry
 from ebtune.io.decoders import DECODERS
 from ebtune.metrics.registry import FID_EVALUATORS
-from ebtune.run.loading import ARCHITECTURES
+from ebtune.run.families.dit import ARCHITECTURES
 
 GROUPS = ["schedule", "eps_scale", "sampler", "launcher"]
 # Keys a config file may carry that its factory does not take: consumed by ebtune.run.factory.

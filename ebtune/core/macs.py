@@ -66,14 +66,23 @@ def forecast_macs_per_element(schedule: Schedule, branch: str) -> int:
 
 
 def sampling_macs(config: DiTConfig, schedule: Schedule, batch: int = 1, cfg: bool = False) -> int:
-    """MACs of a whole sampling run: every step's forward, skipping reused branches, plus forecasts.
+    """MACs of a whole sampling run of ebtune's DiT: every step's forward, skipping reused branches, plus forecasts.
 
     Args:
         batch: images generated; cfg: True when guidance doubles the model batch.
     """
-    if schedule.depth != config.depth:
-        raise ValueError(f"schedule has {schedule.depth} blocks but the model has {config.depth}")
-    f = forward_macs(config)
+    return run_macs(forward_macs(config), schedule, batch, cfg)
+
+
+def run_macs(f: ForwardMacs, schedule: Schedule, batch: int = 1, cfg: bool = False) -> int:
+    """MACs of a whole sampling run of a model whose forward costs `f`: what every step computes
+    (embedding, final layer, per-block adaLN), the branches the schedule computes, and forecasts.
+
+    Args:
+        batch: images generated; cfg: True when guidance doubles the model batch.
+    """
+    if schedule.depth != f.depth:
+        raise ValueError(f"schedule has {schedule.depth} blocks but the model has {f.depth}")
     per_step_fixed = f.embed + f.final + f.depth * f.adaln
     computed_attn = sum(map(sum, schedule.attn))
     computed_mlp = sum(map(sum, schedule.mlp))

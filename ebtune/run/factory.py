@@ -73,7 +73,7 @@ def sampler_from(cfg: Mapping[str, Any], spec: ModelSpec, steps: int | None = No
         scale = spec.cfg_scale if cfg.get("cfg_scale") is None else float(cfg["cfg_scale"])
     with config_key("steps"):
         steps = int(steps or cfg["steps"])
-    guidance = Guidance(scale=scale, null_label=spec.config.num_classes, channels=spec.guidance_channels)
+    guidance = Guidance(scale=scale, null_label=spec.model_family.null_label(spec.config), channels=spec.guidance_channels)
     with config_key("sampler"):
         return make_sampler(cfg["sampler"]["name"], steps, guidance, **params)
 

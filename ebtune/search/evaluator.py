@@ -22,7 +22,7 @@ reported. Reported metrics (see `pareto.DIRECTIONS`):
 - fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
   standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
-- macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
+- macs: exact MACs per image (`LoadedModel.macs`, counted by the model family); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
   paired as above);
 - distance: RMS difference of the final latents to the uncached run from the same noise;
@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from ebtune.cache.engine import CachedModel
-from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.errors import ConfigError
 from ebtune.metrics.fid import draws_std
@@ -236,7 +235,7 @@ class Evaluator:
 
     def macs(self, schedule: Schedule, sampler: Sampler) -> float:
         """MACs per image of a whole sampling run under `schedule`."""
-        return float(sampling_macs(self.loaded.config, schedule, batch=1, cfg=sampler.guidance.active))
+        return float(self.loaded.macs(schedule, batch=1, cfg=sampler.guidance.active))
 
     def evaluate(self, schedule: Schedule, reference: Reference | None, sampler: Sampler | None = None,
                  gate: Gate | None = None) -> Outcome:

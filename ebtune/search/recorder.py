@@ -99,9 +99,7 @@ class Recorder:
 
     # -- what schedule files record --------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
-        cfg = self.evaluator.loaded.config
-        return {"family": "dit", "name": self.evaluator.spec.name, "depth": cfg.depth, "input_size": cfg.input_size,
-                "patch_size": cfg.patch_size}
+        return self.evaluator.loaded.schedule_model()
 
     def _provenance(self, metrics: dict[str, float], run_id: str | None, trial: str) -> dict[str, Any]:
         how = self.evaluator.provenance()
