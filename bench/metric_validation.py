@@ -11,10 +11,13 @@ The shipped metrics are scored by the shipped code: `digits` (the classifier FD,
 and `digits-native` (`DigitsNativeFD`, dit-tiny's objective: FD on `native_pixels` + the mean
 `off_range_energy`). The other columns are candidates kept as small functions here. Uncertainty:
 bootstrap over the generated images (the reference is fixed); the same resampled indices serve every
-set of the same size, so differences between sets get a paired bootstrap distribution.
+set of the same size, so differences between sets get a paired bootstrap distribution. The resolution
+section (`metric_resolution.py`) cuts every set to its first 256, 500 and 1000 images, as a search with
+that many images sees them, and reports the mildest degradation each metric separates with pairing.
 
-Writes <out>/results.json (means, bootstrap stds, paired comparisons), <out>/results.md (the tables),
-<out>/draws.npz (every bootstrap replicate), <out>/grid.png, and caches samples in <out>/cache.
+Writes <out>/results.json (means, bootstrap stds, paired comparisons, resolution), <out>/results.md (the
+tables), <out>/draws.npz (every bootstrap replicate of the full sets), <out>/grid.png, the mildest
+degradations side by side in <out>/grid-resolution.png, and caches samples in <out>/cache.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
 from ebtune.schedules import ScheduleContext, make_schedule
+from metric_resolution import SIZES as RESOLUTION_SIZES, markdown as resolution_md, resolution
 
 # ----------------------------------------------------------------------------------------------
 # Candidate features and metric primitives (the shipped ones are imported above)
@@ -174,6 +178,11 @@ class Suite:
         rng = np.random.default_rng(self.seed + 7 * n)
         return np.stack([np.bincount(i, minlength=n) for i in rng.integers(0, n, size=(self.boot, n))])
 
+    def fd_draws(self, feats: np.ndarray, key: str, cnt: np.ndarray, mult: float = 1.0) -> tuple[float, np.ndarray]:
+        """mult × FD of (N, D) features against the reference `key`: on all rows, and on each row of counts `cnt`."""
+        ref = self.ref_stats[key]
+        return mult * frechet_distance(moments(feats), ref), np.array([mult * frechet_distance(moments(feats, c), ref) for c in cnt])
+
     def evaluate(self, images: np.ndarray, labels: np.ndarray | None, paired: bool) -> dict[str, dict]:
         """{metric: {"value": point estimate, "boot": replicates}} for one set."""
         f = self.features(images)
@@ -188,8 +197,7 @@ class Suite:
             return per_image.mean(), [(c * per_image).sum() / n for c in cnt]
 
         for key, name, mult in [("clf", "digits", 1), ("conv", "fd_conv", 1e3), ("px8", "fd_px8", 1), ("pca8w", "fd_pca8w", 1), ("px16", "fd_px16", 1)]:
-            ref = self.ref_stats[key]
-            record(name, mult * frechet_distance(moments(f[key]), ref), [mult * frechet_distance(moments(f[key], c), ref) for c in cnt])
+            record(name, *self.fd_draws(f[key], key, cnt, mult))
         # The shipped implementations give the point estimates; the replicates use the shared counts
         # (for paired differences) on the shipped features, reference and off-range energy.
         out["digits"]["value"] = self.clf_fid.fid(images)
@@ -250,8 +258,11 @@ ORDER = (["real_test", "nocache50"] + [f"noise{s}" for s in NOISE] + [f"blur{s}"
          + [f"fora{k}" for k in FORA] + [f"eps{v:.2f}" for v in EPS] + ["nocache50+bt", "trial3", "fora3+bt", "nocache18", "nocache18+bt"])
 COMPARISONS = [("trial3", "nocache50"), ("trial3", "nocache50+bt"), ("trial3", "nocache18"), ("trial3", "nocache18+bt"),
                ("fora3+bt", "nocache18+bt"), ("fora3", "nocache18"), ("nocache50+bt", "nocache50"), ("nocache18+bt", "nocache18")]
-GRID_SETS = ["real_test", "nocache50", "noise8", "trial3", "fora3+bt", "nocache18+bt"]
-GRID_TITLES = ["real", "no cache", "noise s=8", "trial 3", "FORA(3)+b(t)", "18 steps+b(t)"]
+GRID = {"real_test": "real", "nocache50": "no cache", "noise8": "noise s=8", "trial3": "trial 3", "fora3+bt": "FORA(3)+b(t)",
+        "nocache18+bt": "18 steps+b(t)"}
+# The mildest levels of each family, for judging by eye which degradation a person can see (the resolution table).
+RESOLUTION_GRID = {"nocache50": "no cache", "noise2": "noise s=2", "noise4": "noise s=4", "blur0.5": "blur 0.5", "fora2": "FORA(2)",
+                   "fora3": "FORA(3)", "nocache25": "25 steps", "nocache10": "10 steps", "eps0.95": "eps x0.95", "eps1.05": "eps x1.05"}
 
 
 def generated_specs() -> list[dict]:
@@ -304,14 +315,14 @@ def blur(images: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(y, 0, 255).round().astype(np.uint8)
 
 
-def save_comparison(sets: dict[str, dict], path: Path, per_class: int = 2, scale: int = 4) -> None:
-    """One PNG: a column block per set (GRID_SETS) with `per_class` images of every digit, the same noise
-    seeds in every generated block; plain view on top, gamma 0.35 (faint pixels made visible) below."""
+def save_comparison(sets: dict[str, dict], grid: dict[str, str], path: Path, per_class: int = 2, scale: int = 4) -> None:
+    """One PNG: a column block per set of `grid` (set: title) with `per_class` images of every digit, the same
+    noise seeds in every generated block; plain view on top, gamma 0.35 (faint pixels made visible) below."""
     from PIL import Image, ImageDraw
 
     h, pad, gap, head = 16, 1, 4, 12
     blocks = []
-    for name in GRID_SETS:
+    for name in grid:
         labels = sets[name]["labels"]
         sel = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
         blocks.append(sets[name]["images"][sel, ..., 0].reshape(10, per_class, h, h))
@@ -334,7 +345,7 @@ def save_comparison(sets: dict[str, dict], path: Path, per_class: int = 2, scale
     for v, (view, label) in enumerate(zip(views, ("", " (gamma 0.35)"))):
         y0 = v * (view.shape[0] + head)
         img.paste(Image.fromarray(view), (0, y0 + head))
-        for b, title in enumerate(GRID_TITLES):
+        for b, title in enumerate(grid.values()):
             draw.text((b * (bw + gap) * scale + 2, y0), title + label if b == 0 else title, fill=0)
     img.save(path, optimize=True)
 
@@ -394,7 +405,7 @@ def fmt(m: dict) -> str:
 
 
 def markdown(a: argparse.Namespace, results: dict, mono: dict, agree: dict, never: dict, spearman: np.ndarray,
-             rank_metrics: list[str], comparisons: dict, wall_s: float) -> str:
+             rank_metrics: list[str], comparisons: dict, resolution_lines: list[str], wall_s: float) -> str:
     cols = list(METRICS) + ["faint_share"]
     lines = [f"# dit-tiny metric validation (n={a.n}, seed={a.seed}, bootstrap={a.boot})", "",
              "`digits` is the classifier FD and `digits-native` dit-tiny's shipped objective, both scored by the shipped code; "
@@ -428,29 +439,19 @@ def markdown(a: argparse.Namespace, results: dict, mono: dict, agree: dict, neve
               "| comparison | " + " | ".join(key_m) + " |", "|---|" + "---|" * len(key_m)]
     for k, v in comparisons.items():
         lines.append(f"| {k} | " + " | ".join(f"{v[m]['diff']:+.3g} ± {v[m]['std']:.2g} (P={v[m]['p_a_better']:.2f})" for m in key_m) + " |")
+    lines += resolution_lines
     lines += ["", f"Total wall time: {wall_s:.0f} s (sampling: {sum(r['sample_s'] for r in results.values() if r.get('sampled')):.0f} s of it).", "",
               "## Metric definitions", ""] + [f"- **{k}**: {d}" for k, (d, _) in METRICS.items()]
     lines.append("- **faint_share**: share of faint pixels (1..39) x100 (the train split's value is in results.json)")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1000, help="images per generated set")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (same for every generated set) and bootstrap seed")
-    p.add_argument("--out", default="bench/results/metric-validation", help="output folder")
-    p.add_argument("--boot", type=int, default=100, help="bootstrap resamples")
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
-    out = Path(a.out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    suite = Suite(a.boot, a.seed)
+def build_sets(a: argparse.Namespace, suite: Suite, cache: Path) -> dict[str, dict]:
+    """Every panel set: the real held-out digits, the generated sets (sampled or loaded from `cache`) and
+    uncached 50 steps with pixel noise or blur."""
     sets = {"real_test": {"images": suite.test, "labels": suite.test_labels, "info": {"macs": 0.0, "sample_s": 0.0, "cached": True}}}
     for spec in generated_specs():
-        imgs, labels, info = sample_set(spec, a.n, a.seed, out / "cache")
+        imgs, labels, info = sample_set(spec, a.n, a.seed, cache)
         print(f"sampled {spec['name']:<14} {info['sample_s']:6.1f}s{' (cached)' if info['cached'] else ''}", flush=True)
         sets[spec["name"]] = {"images": imgs, "labels": labels, "info": info}
     base = sets["nocache50"]
@@ -459,6 +460,11 @@ def main() -> None:
         sets[f"noise{s}"] = {"images": add_noise(base["images"], s, a.seed + s), "labels": base["labels"], "info": derived}
     for s in BLUR:
         sets[f"blur{s}"] = {"images": blur(base["images"], s), "labels": base["labels"], "info": derived}
+    return sets
+
+
+def score_sets(suite: Suite, sets: dict[str, dict]) -> dict[str, dict]:
+    base = sets["nocache50"]
     suite.uncached = {"images": base["images"], "clf": suite.features(base["images"])["clf"]}
     results = {}
     for name in ORDER:
@@ -470,30 +476,63 @@ def main() -> None:
                          "sample_s": info["sample_s"], "sampled": not info["cached"], "metrics": metrics}
         print(f"scored {name:<14} digits {metrics['digits']['value']:.3f}  digits-native {metrics['digits-native']['value']:.2f}  "
               f"offsub {metrics['offsub']['value']:.2f}", flush=True)
-    save_comparison(sets, out / "grid.png")
+    return results
 
+
+def analyse(results: dict) -> dict:
+    """Monotonicity, order agreement, noise never helping, rank correlations and the paired comparisons."""
     gen = ORDER[1:]
     rank_metrics = [m for m in METRICS if all(m in results[s]["metrics"] and results[s]["metrics"][m]["boot"] for s in gen)]
-    mono = {m: monotone(results, m) for m in rank_metrics}
-    agree = {m: order_agreement(results, m) for m in rank_metrics}
-    never = {m: all(sign(m) * (results[f"noise{s}"]["metrics"][m]["value"] - results["nocache50"]["metrics"][m]["value"]) > 0 for s in NOISE)
-             for m in rank_metrics}
     vals = np.array([[sign(m) * results[s]["metrics"][m]["value"] for m in rank_metrics] for s in gen])
-    spearman = stats.spearmanr(vals).statistic
-    kendall = np.array([[stats.kendalltau(vals[:, i], vals[:, j]).statistic for j in range(len(rank_metrics))] for i in range(len(rank_metrics))])
-    comparisons = {f"{x} vs {y}": {m: paired_compare(results, m, x, y) for m in rank_metrics} for x, y in COMPARISONS}
-    wall_s = time.perf_counter() - t_start
-    md = markdown(a, results, mono, agree, never, spearman, rank_metrics, comparisons, wall_s)
+    return {"rank_metrics": rank_metrics,
+            "monotonicity": {m: monotone(results, m) for m in rank_metrics},
+            "order_agreement": {m: order_agreement(results, m) for m in rank_metrics},
+            "noise_never_helps": {m: all(sign(m) * (results[f"noise{s}"]["metrics"][m]["value"] - results["nocache50"]["metrics"][m]["value"]) > 0
+                                         for s in NOISE) for m in rank_metrics},
+            "spearman": stats.spearmanr(vals).statistic,
+            "kendall": np.array([[stats.kendalltau(vals[:, i], vals[:, j]).statistic for j in range(len(rank_metrics))]
+                                 for i in range(len(rank_metrics))]),
+            "comparisons": {f"{x} vs {y}": {m: paired_compare(results, m, x, y) for m in rank_metrics} for x, y in COMPARISONS}}
+
+
+def write(a: argparse.Namespace, out: Path, results: dict, an: dict, res: dict, train_faint: float, wall_s: float) -> None:
+    """results.md, draws.npz (every bootstrap replicate of the full-size sets) and results.json."""
+    md = markdown(a, results, an["monotonicity"], an["order_agreement"], an["noise_never_helps"], an["spearman"], an["rank_metrics"],
+                  an["comparisons"], resolution_md(res, FAMILIES), wall_s)
     print(md)
     (out / "results.md").write_text(md)
     np.savez_compressed(out / "draws.npz", **{f"{s}/{m}": np.array(v["boot"]) for s, r in results.items() for m, v in r["metrics"].items() if v["boot"]})
     summary = {s: {**{k: v for k, v in r.items() if k != "metrics"}, "metrics": {m: {k: v for k, v in mv.items() if k != "boot"} for m, mv in r["metrics"].items()}}
                for s, r in results.items()}
     payload = {"n": a.n, "seed": a.seed, "boot": a.boot, "threads": a.threads, "order": ORDER, "families": FAMILIES,
-               "metrics_doc": {k: v[0] for k, v in METRICS.items()}, "results": summary, "monotonicity": mono,
-               "order_agreement": agree, "noise_never_helps": never, "rank_metrics": rank_metrics, "spearman": spearman.tolist(),
-               "kendall": kendall.tolist(), "comparisons": comparisons, "train_faint_share": 100 * suite.train_faint, "wall_s": wall_s}
+               "metrics_doc": {k: v[0] for k, v in METRICS.items()}, "results": summary,
+               **{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in an.items()},
+               "train_faint_share": 100 * train_faint, "resolution": res, "wall_s": wall_s}
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000, help="images per generated set")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same for every generated set) and bootstrap seed")
+    p.add_argument("--out", default="bench/results/metric-validation", help="output folder")
+    p.add_argument("--boot", type=int, default=100, help="bootstrap resamples")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    if a.n < max(RESOLUTION_SIZES):
+        p.error(f"--n {a.n}: the resolution table cuts every set to n = {RESOLUTION_SIZES}; use --n {max(RESOLUTION_SIZES)} or more")
+    torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    out = Path(a.out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    suite = Suite(a.boot, a.seed)
+    sets = build_sets(a, suite, out / "cache")
+    save_comparison(sets, GRID, out / "grid.png")
+    save_comparison(sets, RESOLUTION_GRID, out / "grid-resolution.png")
+    results = score_sets(suite, sets)
+    res = resolution(suite, sets, FAMILIES)
+    write(a, out, results, analyse(results), res, suite.train_faint, time.perf_counter() - t_start)
 
 
 if __name__ == "__main__":
