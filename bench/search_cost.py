@@ -41,6 +41,7 @@ def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) 
 
 def search(workdir: Path, *overrides: str, name: str = "mf") -> dict:
     """Run `ebtune search name=NAME overrides` in `workdir`; its cost line, pruning count, wall time and pareto.json."""
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", "TORCH_HOME": str(workdir / "torch")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ebtune.cli", "search", f"name={name}", *overrides], cwd=workdir, env=env,
