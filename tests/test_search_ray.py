@@ -70,23 +70,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_cluster(temp_dir: str) -> None:
-    """Stop only the processes of the cluster started in `temp_dir` (`ray stop` would stop every Ray
+def _start_cluster(port: int, temp_dir: str, env: dict) -> subprocess.Popen:
+    """`ray start --head --block` in a session of its own: the cluster lives as long as that process,
+    and stopping its process group stops exactly this cluster (`ray stop` would stop every Ray
     instance on the machine, including other users' ones)."""
-    mine = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                mine.append(int(proc.name))
-        except OSError:
-            continue
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--num-cpus=2", f"--port={port}", f"--temp-dir={temp_dir}",
+                             "--include-dashboard=false", "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode:
+        assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start within 120 s"
+        time.sleep(1)
+    return head
+
+
+def _stop_cluster(head: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
+        try:
+            os.killpg(head.pid, sig)
+            head.wait(timeout=30)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def test_search_joins_a_running_cluster_and_runs_trials_in_its_workers(ebtune, tmp_path, monkeypatch, capsys):
@@ -94,10 +101,8 @@ def test_search_joins_a_running_cluster_and_runs_trials_in_its_workers(ebtune, t
     temp_dir = tempfile.mkdtemp(prefix="ebtune-raytest-")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = _start_cluster(port, temp_dir, env)
     try:
-        subprocess.run([RAY, "start", "--head", "--num-cpus=2", f"--port={port}", f"--temp-dir={temp_dir}",
-                        "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True,
-                       timeout=120)
         # `auto` finds the cluster through RAY_ADDRESS (several clusters may run on a shared machine).
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         run = tmp_path / "run"
@@ -110,5 +115,5 @@ def test_search_joins_a_running_cluster_and_runs_trials_in_its_workers(ebtune, t
             assert f"-{r['worker_pid']}." in logs  # a worker process of that cluster
         assert len(_children(run)) == 2
     finally:
-        _stop_cluster(temp_dir)
+        _stop_cluster(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
