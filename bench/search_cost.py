@@ -3,14 +3,16 @@
     .venv/bin/python bench/search_cost.py [--trials 24] [--json bench/results-search-cost.json] [key=value ...]
 
 The same settings, seed and trials each time, one search after another on the same machine:
-- `full`: every evaluation at full size (`metric.n_proxy=0`: no successive halving), no baseline
-  store (`search.baseline_cache=null`): what every search cost before this round's savings;
+- `full` (only with `--full`, the slowest): every evaluation at full size (`metric.n_proxy=0`: no
+  successive halving), no baseline store (`search.baseline_cache=null`);
 - `halving`: the defaults (successive halving over images for trials and baselines), with an
   empty baseline store: the first search of a model;
 - `repeated`: the defaults again, under another name, with the store `halving` filled: every later
   search of the same model, sampler, steps, seeds and n.
 The cost is images × MACs per image over every evaluation (baselines, trials, confirmation), as
-`ebtune search` prints it. Each run's verdict (`pareto.json`) is kept whole; the decision compared is
+`ebtune search` prints it; `at_full_size` is what the same evaluations (the same baselines, trials
+and confirmation) would have sampled without halving or the store: `metric.n_samples` images each,
+read from the study, exact without running it. Each run's verdict (`pareto.json`) is kept whole; the decision compared is
 the recommended schedule's parameters and, per speed level, the relation to the best uncached
 schedule. The hypervolume is that of the confirmed front in (quality, GMACs per image), both
 minimised, against one reference point for every run.
@@ -52,7 +54,22 @@ def search(workdir: Path, *overrides: str, name: str = "mf") -> dict:
     pareto = json.loads((workdir / "outputs" / "search" / name / "pareto.json").read_text())
     verdict = proc.stdout[proc.stdout.index("verdict ("):proc.stdout.index("sampling cost:")].rstrip()
     return {"wall_s": time.perf_counter() - start, "cost_tmacs": cost, "pareto": pareto, "verdict_text": verdict,
-            "pruned": proc.stdout.count(" pruned after "), "baselines_stopped": proc.stdout.count(": stopped after ")}
+            "pruned": proc.stdout.count(" pruned after "), "baselines_stopped": proc.stdout.count(": stopped after "),
+            "at_full_size_tmacs": at_full_size(workdir / "outputs" / "search" / name) / 1e12}
+
+
+def at_full_size(folder: Path) -> float:
+    """MACs the search's baselines and trials would sample at `metric.n_samples` images each, plus its confirmation."""
+    from ebtune.search.records import SearchRecord
+    from ebtune.search.study import load_folder_study
+
+    record = SearchRecord(load_folder_study(folder))
+    n = int(record.settings["metric"]["n_samples"])
+    evaluated = [b["metrics"] for b in record.baselines]
+    evaluated += [t.user_attrs["metrics"] for t in record.study.trials if "metrics" in t.user_attrs]
+    confirmed = record.confirmation or {}
+    confirmation = [*confirmed.get("trials", {}).values(), *confirmed.get("baselines", {}).values()]
+    return n * sum(m["macs"] for m in evaluated) + sum(m.get("images", n) * m["macs"] for m in confirmation)
 
 
 def reference_point(runs: dict[str, dict], base: str) -> tuple[float, float]:
@@ -80,26 +97,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--json")
+    p.add_argument("--full", action="store_true", help="also run the search without halving or store (slowest)")
     p.add_argument("overrides", nargs="*", help="more key=value settings for every search (e.g. threads=1)")
     a = p.parse_args()
     runs = {}
     with tempfile.TemporaryDirectory(prefix="ebtune-cost-") as tmp:
         common = (f"trials={a.trials}", *a.overrides)
-        runs["full"] = search(Path(tmp) / "full", *common, "metric.n_proxy=0", "search.baseline_cache=null")
+        if a.full:
+            runs["full"] = search(Path(tmp) / "full", *common, "metric.n_proxy=0", "search.baseline_cache=null")
         runs["halving"] = search(Path(tmp) / "store", *common)
         runs["repeated"] = search(Path(tmp) / "store", *common, name="mf2")
-    ref = reference_point(runs, "full")
+    ref = reference_point(runs, "full" if a.full else "halving")
     report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
     for label, r in runs.items():
         key = quality_key(r["pareto"])
         front = [(pt["metrics"][key], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]
         report["runs"][label] = {"wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"], "pruned": r["pruned"],
                                  "baselines_stopped": r["baselines_stopped"], "hypervolume": hypervolume_2d(front, ref),
+                                 "at_full_size_tmacs": r["at_full_size_tmacs"],
                                  "front": front, "decision": decision(r["pareto"]), "verdict_text": r["verdict_text"]}
-    full = report["runs"]["full"]
     for label, r in report["runs"].items():
-        r["cost_ratio"] = r["cost_tmacs"] / full["cost_tmacs"]
-        print(f"{label:>9}: cost {r['cost_tmacs']:.3f} TMACs (ratio {r['cost_ratio']:.2f}), {r['pruned']} trial(s) and "
+        r["cost_ratio"] = r["cost_tmacs"] / r["at_full_size_tmacs"]
+        print(f"{label:>9}: cost {r['cost_tmacs']:.3f} TMACs ({r['cost_ratio']:.2f} of the same evaluations at full size, "
+              f"{r['at_full_size_tmacs']:.3f}), {r['pruned']} trial(s) and "
               f"{r['baselines_stopped']} baseline(s) stopped at a rung, confirmed front {len(r['front'])} point(s), "
               f"hypervolume {r['hypervolume']:.4g}, {r['wall_s']:.0f} s")
         print("\n".join(f"           {line}" for line in r["verdict_text"].splitlines()))
