@@ -376,8 +376,8 @@ def print_info(composed: Composed, which: str, config_name: str) -> None:
                 print(f"{group}: {', '.join(choices(group, composed.searchpath))}")
             print("== options ==")
             for group in REGISTRY_GROUPS:
-                for name in registry(group).choices():  # type: ignore[union-attr]
-                    print(f"{group}={name}: {_describe(group, name)}")
+                for option in registry(group).choices():  # type: ignore[union-attr]
+                    print(f"{group}={option}: {_describe(group, option)}")
 
 
 def _describe(group: str, name: str) -> str:
