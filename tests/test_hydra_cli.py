@@ -65,6 +65,9 @@ def test_info_lists_the_search_path_groups_and_defaults(ebtune, user_conf, capsy
     out = capsys.readouterr().out
     assert f"file://{user_conf} (user)" in out
     assert "model: dit-b" in out and "my-dit" in out and "fora4" in out
+    # A registry entry's settings and what it does come from its factory (there is no conf/schedule/fora.yaml).
+    assert "schedule=fora: interval=2; " in out and "eps_scale=linear: k=0.0 b=1.005; " in out
+    assert "launcher=ray: " in out and "`ray:`" in out
 
 
 @pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
@@ -88,12 +91,18 @@ def test_without_the_directory_the_user_model_is_unknown(ebtune, capsys):
     ("ray.cpus_per_trial=abc", "ray.cpus_per_trial='abc' must be a number"),
     ("search.sampler=cmaes", "unknown search.sampler 'cmaes'; choose one of: "),
     ("search.constraints=fid", "search.constraints='fid' must be a list"),
+    ("trials=1.5", "trials=1.5 must be a whole number"),
+    ("metric.gap_prune=maybe", "metric.gap_prune='maybe' must be true or false"),
+    ("search.bogus=1", "search.bogus is not a setting; search has: sampler, n_trials, "),
+    ("+ray.bogus=1", "ray.bogus is not a setting; ray has: address, num_cpus, "),
+    ("schedule.interval=2", "schedule.interval is not a setting; schedule has: name"),
     ("hydra.verbose=true", "hydra.verbose is not used by ebtune"),
     ("hydra.searchpath=[/nowhere]", "needs a scheme; write file:///nowhere"),
 ])
 def test_bad_values_name_their_key_before_anything_is_written(ebtune, tmp_path, capsys, override, message):
     assert ebtune("search", override, "--dry-run") == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert ebtune("search", override) == 2  # a real run fails the same way, before any file
     assert _written(tmp_path) == []
 

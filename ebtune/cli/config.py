@@ -6,14 +6,27 @@ types work here too: `hydra.searchpath=[file:///DIR]` (or `--config-dir DIR`) ad
 user config directory (`DIR/model/my-dit.yaml` makes `model=my-dit` valid), `hydra.run.dir=` is the
 command's `out=`, `hydra.job.name=` its `name=`, and `--cfg`, `--info` and `-m` are flags of the
 commands that compose (`add_hydra_flags`).
+
+Defaults live in one place each. A group backed by a registry (`REGISTRY_GROUPS`) has no YAML files:
+each registered name is a structured node in Hydra's `ConfigStore`, built from its factory's signature
+(`option_node`), so `schedule=fora` composes to `{name: fora, interval: 2}` because `fora(ctx,
+interval=2)` says so, and a new registry entry is a new choice with its own defaults. The search
+sections (`metric`, `search`, `ray`, `tracking`) take their types from the dataclasses of
+`ebtune.search.config` (stored as schemas the YAML files extend) and their values from `conf/`.
 """
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import dataclasses
+import functools
+import inspect
 import itertools
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from ebtune.errors import ConfigError
 from ebtune.registry import Registry
@@ -22,11 +35,18 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Hydra settings ebtune honours, as the run setting each one stands for.
 HYDRA_ALIASES = {"hydra.run.dir": "out", "hydra.job.name": "name"}
 HYDRA_KEYS = ("hydra.searchpath", "hydra.sweep.dir", *HYDRA_ALIASES)
+REGISTRY_GROUPS = ("schedule", "eps_scale", "sampler", "launcher")
+# What a builder passes to a factory itself, never a user setting: the schedule's context, and for a
+# family that calibrates its probe and ε factors (`ScheduleSpec.build`); a launcher's config and folder.
+SUPPLIED = {"schedule": {"ctx", "probe", "eps_scale"}, "launcher": {"cfg", "folder"}}
+# A family that calibrates (takes `probe`) also has `n`, its calibration samples, which
+# `ebtune.run.factory.schedule_from` takes out before building the schedule.
+CALIBRATION_SAMPLES = 8
 
 
 def registry(group: str) -> Registry | None:
-    """The registry behind a config group (`conf/<group>/` holds one file per name), or None for
-    groups that are plain settings (models: a new model is a new YAML file)."""
+    """The registry behind a config group (one config node per name, `option_node`), or None for
+    groups that are plain settings (models: a new model is a new YAML file in `conf/model/`)."""
     if group == "schedule":
         from ebtune.schedules import SCHEDULES
         return SCHEDULES
@@ -58,7 +78,70 @@ def choices(group: str, searchpath: Sequence[str] = ()) -> list[str]:
 
 
 def is_group(group: str, searchpath: Sequence[str] = ()) -> bool:
-    return any((folder / group).is_dir() for folder in [CONF_DIR, *user_dirs(searchpath)])
+    return group in REGISTRY_GROUPS or any((folder / group).is_dir() for folder in [CONF_DIR, *user_dirs(searchpath)])
+
+
+def _config_type(annotation: Any) -> Any:
+    """A factory parameter's annotation as a type OmegaConf checks (Optional, List and scalars; else Any)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return Optional[_config_type(rest[0])] if len(rest) == 1 and len(args) == 2 else Any
+    if origin in (list, tuple, collections.abc.Sequence):
+        return List[_config_type(args[0]) if args else Any]
+    return annotation if annotation in (int, float, bool, str) else Any
+
+
+def _factory_params(factory: Callable[..., Any], supplied: set[str]) -> list[inspect.Parameter]:
+    """The parameters a user sets: those with a default that the builder does not pass itself."""
+    return [p for p in inspect.signature(factory).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.name not in supplied]
+
+
+def option_node(group: str, name: str) -> type:
+    """The config node of registry entry `name`: a dataclass with `name` and one field per setting of
+    its factory, typed and defaulted as the factory's signature says (the one place they live)."""
+    factory = registry(group).get(name)  # type: ignore[union-attr]
+    hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    params = _factory_params(factory, SUPPLIED.get(group, set()))
+    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))]
+    for p in params:
+        default = (dataclasses.field(default_factory=functools.partial(list, p.default))
+                   if isinstance(p.default, (list, tuple)) else dataclasses.field(default=p.default))
+        fields.append((p.name, _config_type(hints.get(p.name, Any)), default))
+    if "probe" in inspect.signature(factory).parameters:
+        fields.append(("n", int, dataclasses.field(default=CALIBRATION_SAMPLES)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def option_summary(group: str, name: str) -> str:
+    """One line on what `name` does: its factory's docstring, else that of the module defining it
+    (unless the module is the group's registry, whose docstring is about every option)."""
+    factory = registry(group).get(name)  # type: ignore[union-attr]
+    own = inspect.getdoc(factory) or ""
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory) and own.startswith(factory.__name__ + "("):
+        own = ""  # the signature a dataclass writes for itself is not a description
+    home = inspect.getmodule(factory)
+    shared = home is not None and any(v is registry(group) for v in vars(home).values())
+    text = own if own and not own.startswith("Args:") else ("" if shared or home is None else inspect.getdoc(home) or "")
+    return " ".join(text.split("\n\n")[0].split())
+
+
+def register_configs() -> None:
+    """Store ebtune's structured configs in Hydra's `ConfigStore` (re-stored on every compose, so a name
+    registered since is a choice too): one node per registry entry, and the search sections' schemas,
+    which `search.yaml` (`search_schema`), `search/default.yaml` and `tracking/default.yaml` extend."""
+    from hydra.core.config_store import ConfigStore
+
+    from ebtune.search.config import MetricSettings, RaySettings, SearchSettings, TrackingSettings, schema
+
+    store = ConfigStore.instance()
+    for group in REGISTRY_GROUPS:
+        for name in registry(group).choices():  # type: ignore[union-attr]
+            store.store(group=group, name=name, node=option_node(group, name))
+    store.store(name="search_schema", node={"metric": schema(MetricSettings), "ray": schema(RaySettings)})
+    store.store(group="search", name="schema", node=schema(SearchSettings))
+    store.store(group="tracking", name="schema", node=schema(TrackingSettings))
 
 
 @dataclass(frozen=True)
@@ -230,6 +313,7 @@ def compose_run(overrides: Sequence[str], config_name: str = "config") -> Compos
                 raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(choices(group, searchpath))}")
             groups.append(item)
     hydra_items = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
+    register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=[*hydra_items, *run], return_hydra_config=True)
@@ -241,6 +325,11 @@ def compose_run(overrides: Sequence[str], config_name: str = "config") -> Compos
         plain = OmegaConf.to_container(cfg, resolve=True)
         defaults = OmegaConf.to_container(base, resolve=True) if values else plain
     except (HydraException, OmegaConfBaseException) as e:
+        from ebtune.search.config import settings_error
+
+        typed = settings_error(e)
+        if typed is not None:
+            raise ConfigError(typed) from None
         first = str(e).strip().splitlines()[0]
         for key, alias in HYDRA_ALIASES.items():
             if first.startswith(f"Could not override '{alias}'") and any(o.startswith(f"{key}=") for o in overrides):
@@ -275,7 +364,8 @@ def print_info(composed: Composed, which: str, config_name: str) -> None:
         "defaults": {k: v for k, v in composed.hydra["runtime"]["choices"].items() if not k.startswith("hydra/")},
         "config": composed.cfg,
     }
-    groups = sorted({p.name for folder in [CONF_DIR, *user_dirs(composed.searchpath)] for p in folder.iterdir() if p.is_dir()})
+    folders = [CONF_DIR, *user_dirs(composed.searchpath)]
+    groups = sorted({p.name for folder in folders for p in folder.iterdir() if p.is_dir()} | set(REGISTRY_GROUPS))
     print(f"Config {config_name}.yaml; overrides: {' '.join(composed.overrides) or '(none)'}")
     for name in (["searchpath", "defaults", "config"] if which == "all" else [which]):
         print(f"== {name} ==")
@@ -284,6 +374,20 @@ def print_info(composed: Composed, which: str, config_name: str) -> None:
             print("== groups ==")
             for group in groups:
                 print(f"{group}: {', '.join(choices(group, composed.searchpath))}")
+            print("== options ==")
+            for group in REGISTRY_GROUPS:
+                for option in registry(group).choices():  # type: ignore[union-attr]
+                    print(f"{group}={option}: {_describe(group, option)}")
+
+
+def _describe(group: str, name: str) -> str:
+    """`interval=2; FORA ...`: the settings of option `name` as `key=value` overrides, then what it does."""
+    import yaml
+
+    node = option_node(group, name)()
+    settings = [f"{f.name}={yaml.safe_dump(getattr(node, f.name), default_flow_style=True).strip().removesuffix('...').strip()}"
+                for f in dataclasses.fields(node) if f.name != "name"]
+    return "; ".join(part for part in (" ".join(settings), option_summary(group, name)) if part) or "(no settings)"
 
 
 def show(args: argparse.Namespace) -> bool:

@@ -17,6 +17,7 @@ from ebtune.search.launchers.local import LocalLauncher
 
 
 def _ray(cfg: Mapping[str, Any], folder: Path) -> Launcher:
+    """Trials as Ray Tune trials with OptunaSearch; the cluster and each trial's resources are set under `ray:`."""
     from ebtune.search.launchers.ray import (
         RayLauncher,  # Ray is imported only when it is asked for
     )

@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
+from ebtune.search.config import RaySettings, typed
 from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
 from ebtune.search.job import Job, TrialTimeout, gate_attrs, score, timeout_reason, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak, failure_streak
@@ -284,17 +285,17 @@ class RayLauncher(Launcher):
     """Trials as Ray Tune trials with Optuna (`OptunaSearch`) as the search algorithm.
 
     Args:
-        cfg: the resolved search config. Its `ray:` part: address (null = start a local Ray; "auto" =
-            join the running cluster), num_cpus (local Ray size; null = all cores), cpus_per_trial,
-            gpus_per_trial ("auto" = 1 when the cluster has GPUs and device is not cpu, else 0;
-            fractions share a GPU), max_concurrent (null = as many as the cluster's resources allow);
-            `threads`: torch threads per CPU trial; `device`: the device setting.
+        cfg: the resolved search config. Its `ray:` part (`RaySettings`): address (null = start a local
+            Ray; "auto" = join the running cluster), num_cpus (local Ray size; null = all cores),
+            cpus_per_trial, gpus_per_trial ("auto" = 1 when the cluster has GPUs and device is not cpu,
+            else 0; fractions share a GPU), max_concurrent (null = as many as the cluster's resources
+            allow); `threads`: torch threads per CPU trial; `device`: the device setting.
         folder: the search folder; Ray's session files and Tune's results go inside it.
     """
 
     def __init__(self, cfg: Mapping[str, Any], folder: Path):
-        self.cfg, self.folder = dict(cfg["ray"]), folder
-        self.threads = resolve_threads(cfg["threads"], per_process=int(math.ceil(float(self.cfg["cpus_per_trial"]))))
+        self.ray, self.folder = typed(RaySettings, cfg["ray"], "ray"), folder
+        self.threads = resolve_threads(cfg["threads"], per_process=int(math.ceil(self.ray.cpus_per_trial)))
         self.device = str(cfg["device"])
 
     def _init(self) -> Path | None:
@@ -312,8 +313,8 @@ class RayLauncher(Launcher):
         # Tune ending the experiment as if its budget were met.
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if self.cfg["address"]:
-            ray.init(address=self.cfg["address"], **kw)
+        if self.ray.address:
+            ray.init(address=self.ray.address, **kw)
             return None
         # Ray's socket paths must stay under 107 bytes, which a search folder deep in a tree exceeds;
         # a short link in the temp dir keeps the session files inside the folder all the same.
@@ -321,7 +322,7 @@ class RayLauncher(Launcher):
         target.mkdir(parents=True, exist_ok=True)
         link = Path(tempfile.mkdtemp(prefix="ebtune-ray-")) / "r"
         link.symlink_to(target.absolute(), target_is_directory=True)
-        ray.init(num_cpus=self.cfg["num_cpus"] or os.cpu_count(), _temp_dir=str(link), **kw)
+        ray.init(num_cpus=self.ray.num_cpus or os.cpu_count(), _temp_dir=str(link), **kw)
         return link
 
     def resources(self, cluster: Mapping[str, float]) -> tuple[dict[str, float], int]:
@@ -330,8 +331,8 @@ class RayLauncher(Launcher):
         Raises:
             ConfigError: a trial asks for more CPUs or GPUs than the cluster has.
         """
-        cpus, have_cpus, have_gpus = float(self.cfg["cpus_per_trial"]), cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-        gpus = self.cfg["gpus_per_trial"]
+        cpus, have_cpus, have_gpus = self.ray.cpus_per_trial, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+        gpus = self.ray.gpus_per_trial
         if gpus == "auto":
             gpus = 1.0 if have_gpus >= 1 and self.device != "cpu" else 0.0
         gpus = float(gpus)
@@ -341,7 +342,7 @@ class RayLauncher(Launcher):
             raise ConfigError(f"ray.gpus_per_trial={gpus:g} but the Ray cluster has {have_gpus:g} GPUs; set "
                               f"ray.gpus_per_trial=0 for CPU trials or start Ray on GPU nodes")
         fits = [have_cpus // cpus if cpus else math.inf, have_gpus // gpus if gpus else math.inf]
-        limit = self.cfg["max_concurrent"] or int(min(fits))
+        limit = self.ray.max_concurrent or int(min(fits))
         return {"cpu": cpus, "gpu": gpus}, max(1, int(limit))
 
     def run(self, job: Job) -> None:
