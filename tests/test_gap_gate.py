@@ -69,7 +69,7 @@ def test_draws_are_paired_across_evaluations():
 
 def test_gap_prune_needs_real_data_and_the_first_fidelity():
     check_gap_prune({"gap_prune": True, "n_proxy": 8}, "digits")
-    check_gap_prune({"n_proxy": 8}, "vae")  # off by default: nothing to check
+    check_gap_prune({"gap_prune": False, "n_proxy": 8}, "vae")  # off (the default): nothing to check
     with pytest.raises(ConfigError, match="metric.gap_prune=false"):
         check_gap_prune({"gap_prune": True, "n_proxy": 8}, "vae")
     with pytest.raises(ConfigError, match="metric.n_proxy"):

@@ -97,7 +97,7 @@ def schedule_from(cfg: Mapping[str, Any], sampler: Sampler, loaded: LoadedModel,
         from ebtune.run.generate import class_balanced_labels, initial_noise
 
         params = dict(spec.params)
-        n = int(params.pop("n", 8))
+        n = int(params.pop("n"))
         spec = ScheduleSpec.of(spec.family, params, spec.eps_form)
         device = next(loaded.model.parameters()).device
         labels = class_balanced_labels(n, loaded.config.num_classes).to(device)

@@ -88,7 +88,7 @@ def baseline_names(evaluator: Evaluator, space: SearchSpace | None = None) -> li
 
 def baseline_samplers(evaluator: Evaluator) -> list[str]:
     """`search.baseline_samplers`, the search's own sampler first (`auto`: with DEFAULT_BASELINE_SAMPLERS)."""
-    given = evaluator.cfg["search"].get("baseline_samplers", "auto")
+    given = evaluator.cfg["search"]["baseline_samplers"]
     own = evaluator.cfg["sampler"]["name"]
     names = [own, *(DEFAULT_BASELINE_SAMPLERS if given == "auto" else given)]
     return list(dict.fromkeys(names))

@@ -157,8 +157,8 @@ def latency_ranked(search: Mapping[str, Any] | None, device_type: str) -> bool:
     objectives `auto` rank by latency on CUDA). No search config (confirm, bench): True."""
     if not search:
         return True
-    names = objective_names(search.get("objectives", "auto"), device_type)
-    return any(str(n).startswith("latency") for n in names) or "latency" in " ".join(map(str, search.get("constraints") or ()))
+    names = objective_names(search["objectives"], device_type)
+    return any(str(n).startswith("latency") for n in names) or "latency" in " ".join(map(str, search["constraints"]))
 
 
 def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> tuple[int, int | None]:
@@ -170,7 +170,7 @@ def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> tuple[int, 
     Raises:
         ConfigError: neither `auto` nor a whole number >= 0.
     """
-    value = metric.get("latency_pairs", "auto")
+    value = metric["latency_pairs"]
     if value == "auto":
         return (LATENCY_PAIRS, None) if ranked else (LATENCY_PAIRS_REPORTED, LATENCY_PAIRS_REPORTED)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -202,8 +202,8 @@ class Evaluator:
         self.pairs = min(fewest, self.timed_batches)  # always paired
         self.max_pairs = min(self.timed_batches if most is None else most, self.timed_batches)
         self.seed = int(cfg["seed"])
-        self.bootstrap = int(metric.get("bootstrap", 0))
-        self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
+        self.bootstrap = int(metric["bootstrap"])
+        self.n_proxy = min(int(metric["n_proxy"]), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
         self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
         self.no_cache = no_cache(self.sampler.steps, self.loaded.config.depth)

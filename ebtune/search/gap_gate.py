@@ -36,7 +36,6 @@ from ebtune.search.pareto import NOISE_Z
 
 GAP_KEY = "gap"  # the trial user attribute holding its gap record
 REAL_IMAGES = 64  # real images behind ‖ε‖_i: one reference per search, common to every trial
-DEFAULT_GAP_PRUNE = False
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,8 @@ class GapRecord:
 
 
 def gap_enabled(metric: Mapping[str, Any]) -> bool:
-    """`metric.gap_prune` (default DEFAULT_GAP_PRUNE); it needs the first fidelity (`metric.n_proxy` > 0)."""
-    return bool(metric.get("gap_prune", DEFAULT_GAP_PRUNE)) and int(metric.get("n_proxy", 0)) > 0
+    """`metric.gap_prune`; it needs the first fidelity (`metric.n_proxy` > 0)."""
+    return bool(metric["gap_prune"]) and int(metric["n_proxy"]) > 0
 
 
 def check_gap_prune(metric: Mapping[str, Any], decoder: str) -> None:
@@ -70,12 +69,12 @@ def check_gap_prune(metric: Mapping[str, Any], decoder: str) -> None:
     Raises:
         ConfigError: the model has no real data for ‖ε‖_i, or the first fidelity is off.
     """
-    if not metric.get("gap_prune", DEFAULT_GAP_PRUNE):
+    if not metric["gap_prune"]:
         return
     if decoder != "digits":
         raise ConfigError("metric.gap_prune=true needs real data for the training-distribution ‖ε‖, which only "
                           "dit-tiny has here; set metric.gap_prune=false for this model")
-    if int(metric.get("n_proxy", 0)) <= 0:
+    if int(metric["n_proxy"]) <= 0:
         raise ConfigError("metric.gap_prune=true judges the proxy images; set metric.n_proxy > 0 or metric.gap_prune=false")
 
 

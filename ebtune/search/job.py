@@ -56,18 +56,18 @@ class Job:
 
     @property
     def timeout_s(self) -> float | None:
-        value = self.cfg["search"].get("trial_timeout_s")
+        value = self.cfg["search"]["trial_timeout_s"]
         return float(value) if value else None
 
     @property
     def poll_s(self) -> float:
         """How often a session waiting on other sessions' trials looks again."""
-        return float(self.cfg["search"].get("heartbeat_interval") or 5)
+        return float(self.cfg["search"]["heartbeat_interval"])
 
     @property
     def grace_s(self) -> float:
         """How long a running trial may go without a heartbeat (or, untagged, at all) before it is re-queued."""
-        return float(self.cfg["search"].get("grace_period") or 60)
+        return float(self.cfg["search"]["grace_period"])
 
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         """The objective values to tell.

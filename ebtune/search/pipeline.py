@@ -144,7 +144,7 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
     cfg, search = config.cfg, config.cfg["search"]
     # A new study's seeds (the calibrated one included) are enqueued under the folder lock; a loaded
     # study gets back the calibrated masks it stored.
-    study, store = open_study(config.folder, search.get("storage"), config.name, config.objectives,
+    study, store = open_study(config.folder, search["storage"], config.name, config.objectives,
                               _settings(config, evaluator), search, bool(config.constraints),
                               first_start=lambda new: seed_study(new, config.space, evaluator, config.trials, log))
     space = seed_study(study, config.space, evaluator, config.trials, log)
@@ -158,7 +158,7 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
                   (cfg, space.describe(), info), meta, log)
     recorder = Recorder(config.folder, study, space, evaluator, views, config.objectives, config.constraints,
                         config.trials, log)
-    interrupted = reap(study, store, float(search["grace_period"] or 60))
+    interrupted = reap(study, store, float(search["grace_period"]))
     views.sync()
     log(f"search {config.name}: space {space.name} ({space.schedule} + eps {space.eps_scale}), {config.trials} trials "
         f"({len(done_trials(study))} done), objectives {', '.join(config.objectives)}, {evaluator.n_samples} images "
@@ -186,7 +186,7 @@ def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -
 
 def baseline_cache(config: SearchConfig) -> BaselineCache | None:
     """`search.baseline_cache`: where baseline outcomes are shared between searches (null: nowhere)."""
-    folder = config.cfg["search"].get("baseline_cache")
+    folder = config.search.baseline_cache
     return BaselineCache(Path(folder).absolute()) if folder else None
 
 
