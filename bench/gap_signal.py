@@ -73,7 +73,7 @@ def main() -> None:
         scaled = gate._recorder.per_image()[: ev.n_proxy]
         unscaled = scaled / np.asarray(schedule.eps_scale)
         G = scaled.mean(0) - reference
-        rows.append({"name": name, "fid": m["fid"], "fid_std": m["fid_std"], "fid_proxy": m["fid_proxy"],
+        rows.append({"name": name, "fid": m[ev.metric.name], "fid_std": m[f"{ev.metric.name}_std"], "fid_proxy": m["fid_proxy"],
                      "speedup": m["speedup"], "S": gate.record.gap, "S_sd": float(np.std(gate.record.draws)),
                      "S_unscaled": float(np.mean(np.abs(unscaled.mean(0) - reference))), "last3": float(G[-3:].mean())})
         print(json.dumps(rows[-1]), flush=True)

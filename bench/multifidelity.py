@@ -46,10 +46,15 @@ def search(workdir: Path, *overrides: str) -> dict:
             "pareto": pareto}
 
 
+def quality_key(pareto: dict) -> str:
+    """The quality metric's key in a pareto.json ("fid" in files written before metrics had names)."""
+    return pareto.get("quality", "fid")
+
+
 def reference_point(runs: dict[str, dict], base: str) -> tuple[float, float]:
     """The hypervolume reference shared by every run compared: 5 % past the worst confirmed quality
     of any front point or baseline of any run, and run `base`'s no-cache GMACs."""
-    quality = [e["metrics"]["fid"] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
+    quality = [e["metrics"][quality_key(r["pareto"])] for r in runs.values() for e in r["pareto"]["points"] + r["pareto"]["baselines"]]
     nocache = next(b for b in runs[base]["pareto"]["baselines"] if b["name"] == "nocache")["metrics"]["macs"]
     return max(quality) * 1.05, nocache / 1e9
 
@@ -67,7 +72,7 @@ def main() -> None:
     ref = reference_point(runs, "full size")
     report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
     for label, r in runs.items():
-        front = [(pt["metrics"]["fid"], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]
+        front = [(pt["metrics"][quality_key(r["pareto"])], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]
         report["runs"][label] = {"wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"], "pruned": r["pruned"],
                                  "hypervolume": hypervolume_2d(front, ref), "front": front}
     mf, full = report["runs"]["multi-fidelity"], report["runs"]["full size"]

@@ -9,7 +9,7 @@ import yaml
 
 from ebtune.cli.config import CONF_DIR, choices, registry
 from ebtune.io.decoders import DECODERS
-from ebtune.metrics.registry import FID_EVALUATORS
+from ebtune.metrics.registry import METRICS
 from ebtune.run.loading import ARCHITECTURES
 
 GROUPS = ["schedule", "eps_scale", "sampler", "launcher"]
@@ -51,4 +51,4 @@ def test_model_configs_name_registered_parts(name):
     assert doc["name"] == name
     assert doc["arch"] in ARCHITECTURES
     assert doc["decoder"] in DECODERS
-    assert doc["fid"] in FID_EVALUATORS
+    assert doc["fid"] in METRICS

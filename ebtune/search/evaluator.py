@@ -19,8 +19,9 @@ ranked or constrained, at least `LATENCY_PAIRS` and then more until the median's
 within `LATENCY_REL_ERROR` of it (or the timed batches run out), and one pair when latency is only
 reported. Reported metrics (see `pareto.DIRECTIONS`):
 
-- fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
-  standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
+- the quality metric (`model.fid`, an `ebtune.metrics.base.Metric`) under its own name, e.g. `fid`
+  (Inception FID) or `digits-native` (dit-tiny), and `<name>_std`, its standard error from
+  `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
 - macs: exact MACs per image (`ebtune.macs.sampling_macs`); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
@@ -45,7 +46,7 @@ from ebtune.cache.engine import CachedModel
 from ebtune.core.macs import sampling_macs
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.errors import ConfigError
-from ebtune.metrics.fid import draws_std
+from ebtune.metrics.base import Metric, draws_std
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
@@ -114,8 +115,9 @@ class Outcome:
     latents: np.ndarray
     grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
     proxy_draws: tuple[float, ...] = ()  # fid_proxy on the bootstrap resamples, paired across evaluations
-    # fid on the `metric.bootstrap` resamples of all the images: the same indices for every evaluation of a
-    # search, so two outcomes' draws give the paired error of their difference (`inference.paired_difference`)
+    # the quality metric on the `metric.bootstrap` resamples of all the images: the same indices for every
+    # evaluation of a search, so two outcomes' draws give the paired error of their difference
+    # (`inference.paired_difference`)
     quality_draws: tuple[float, ...] = ()
 
 
@@ -161,15 +163,15 @@ def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> tuple[int, 
 
 
 class Evaluator:
-    """The model, sampler, labels and FID evaluator of one search, loaded once per process.
+    """The model, sampler, labels and quality metric of one search, loaded once per process.
 
     Args:
         cfg: the resolved search config (plain dict): model, sampler, steps, cfg_scale, seed, metric.
-        device: where to sample; the FID feature network picks CUDA when it is visible.
+        device: where to sample; a metric's feature network picks CUDA when it is visible.
     """
 
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str):
-        from ebtune.metrics.registry import make_fid
+        from ebtune.metrics.registry import make_metric
 
         self.spec = model_spec(cfg["model"])
         self.device = torch.device(device)
@@ -187,7 +189,12 @@ class Evaluator:
         self.bootstrap = int(metric.get("bootstrap", 0))
         self.n_proxy = min(int(metric.get("n_proxy", 0)), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
-        self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
+        self.metric: Metric = make_metric(self.spec.fid, self.spec.fid_reference or None)
+        if self.metric.direction != "minimize" and 0 < self.n_proxy < self.n_samples:
+            # The first fidelity's gates (`Job.gate`, the gap gate) still compare fid_proxy as lower-is-better.
+            raise ConfigError(f"model.fid={self.spec.fid} is higher-is-better ({self.metric.name}) and the first-fidelity "
+                              f"gate ranks lower-is-better only; set metric.n_proxy=0")
+        self.fid = self.metric  # the name `evaluate`'s first fidelity still reads it by (its proxy keys are renamed apart)
         self.no_cache = no_cache(self.sampler.steps, self.loaded.config.depth)
         self.ref_macs = self.macs(self.no_cache, self.sampler)
 
@@ -280,12 +287,12 @@ class Evaluator:
         if not torch.isfinite(final).all():
             raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
         latency = statistics.median(seconds)
-        fid, draws = self.fid.score_draws(imgs, self.bootstrap, self.seed)
+        quality, draws = self.metric.score_draws(imgs, self.bootstrap, self.seed)
         metrics = {
             **proxy,
             "images": float(len(imgs)),
-            "fid": fid,
-            std_key("fid"): draws_std(draws),
+            self.metric.name: quality,
+            std_key(self.metric.name): draws_std(draws),
             "macs": macs,
             "speedup": self.ref_macs / macs,
             "latency_s": latency,
@@ -310,7 +317,7 @@ class Evaluator:
     def provenance(self) -> dict[str, Any]:
         """How the metrics were measured, for schedule files and the MLflow parent run."""
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-        return {"fid_evaluator": self.fid.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
+        return {"evaluator": self.spec.fid, "metric": self.metric.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
                 "labels": "class-balanced", "latency": {"batch_size": self.batch, "warmup_batches": self.warmup,
                                                         "timed_batches": self.timed_batches,
                                                         "paired_batches": [self.pairs, self.max_pairs],

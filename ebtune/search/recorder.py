@@ -64,7 +64,7 @@ def pareto_meta(evaluator: Evaluator, space: SearchSpace) -> dict[str, Any]:
     """What pareto.json says about the search besides its points (also stored in the study for `ebtune sync`)."""
     return {"model": evaluator.spec.name, "steps": evaluator.sampler.steps,
             "sampler": sampler_info(evaluator, evaluator.sampler), "space": space.name,
-            "quality_evaluator": evaluator.fid.name, "n_samples": evaluator.n_samples}
+            "quality": evaluator.metric.name, "quality_evaluator": evaluator.spec.fid, "n_samples": evaluator.n_samples}
 
 
 class Recorder:
@@ -103,10 +103,10 @@ class Recorder:
                 "patch_size": cfg.patch_size}
 
     def _provenance(self, metrics: dict[str, float], run_id: str | None, trial: str) -> dict[str, Any]:
-        how = self.evaluator.provenance()
-        quality = {k: metrics[k] for k in ("fid", std_key("fid"), "accuracy", "distance") if k in metrics}
+        how, name = self.evaluator.provenance(), self.evaluator.metric.name
+        quality = {k: metrics[k] for k in (name, std_key(name), "accuracy", "distance") if k in metrics}
         return {
-            "metrics": {**quality, "evaluator": how["fid_evaluator"], "n_samples": how["n_samples"], "seed": how["seed"],
+            "metrics": {**quality, "evaluator": how["evaluator"], "n_samples": how["n_samples"], "seed": how["seed"],
                         "labels": how["labels"]},
             "macs": metrics["macs"], "speedup": metrics["speedup"],
             "latency": {"seconds": metrics["latency_s"], "speedup": metrics["latency_speedup"], **how["latency"]},
@@ -140,8 +140,8 @@ class Recorder:
                   QUALITY_DRAWS: list(outcome.quality_draws), PROXY_DRAWS: list(outcome.proxy_draws), REUSED: reused}
         set_baseline(self.study, record)
         self.views.baseline(record)
-        m = outcome.metrics
-        self.log(f"baseline {base.name:>14}: fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  "
+        m, quality = outcome.metrics, self.evaluator.metric.name
+        self.log(f"baseline {base.name:>14}: {quality} {m[quality]:.2f}  speedup {m['speedup']:.2f}x  "
                  f"latency {m['latency_s']:.3f}s" + ("  (reused: an earlier search's evaluation)" if reused else ""))
 
     def baseline_metrics(self) -> dict[str, dict[str, float]]:
