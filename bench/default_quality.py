@@ -24,7 +24,7 @@ from ebtune.default import classifier as clf
 from ebtune.default import data
 from ebtune.io.grids import save_grid
 from ebtune.metrics.fid import classifier_accuracy
-from ebtune.metrics.registry import make_fid
+from ebtune.metrics.registry import make_metric
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
@@ -38,11 +38,11 @@ def main() -> None:
     p.add_argument("--grid", default="docs/dit-tiny-grid.png")
     p.add_argument("--json")
     a = p.parse_args()
-    fid, native = make_fid("digits"), make_fid("digits-native")
+    fid, native = make_metric("digits"), make_metric("digits-native")
     _, _, x_test, y_test = data.load_digits_split()
     clf_acc = clf.accuracy(clf.load_classifier(), clf.from_uint8(quantize(x_test)), y_test)
     real = to_uint8(x_test)
-    rows = {"real test split": {"fid": fid.fid(real), "native": native.score(real, 50),
+    rows = {"real test split": {"fid": fid.distance(real), "native": native.score(real, 50),
                                 "accuracy": classifier_accuracy(real, y_test.numpy())}}
     labels = class_balanced_labels(a.n, 10)
     for name, steps, sched, untrained in [("uncached 50 steps", 50, None, False), ("uncached 10 steps", 10, None, False),
@@ -54,7 +54,7 @@ def main() -> None:
         schedule = fora(ScheduleContext(steps, loaded.config.depth, sampler.times), 4) if sched else None
         start = time.perf_counter()
         out = generate(loaded, sampler, schedule, labels, seed=a.seed)
-        rows[name] = {"fid": fid.fid(out.images), "native": native.score(out.images, 50), "accuracy": classifier_accuracy(out.images, out.labels),
+        rows[name] = {"fid": fid.distance(out.images), "native": native.score(out.images, 50), "accuracy": classifier_accuracy(out.images, out.labels),
                       "seconds": time.perf_counter() - start, "sampler": cfg["sampler"]["name"], "cfg_scale": sampler.guidance.scale}
         if name == "uncached 50 steps" and a.grid:
             order = np.argsort(out.labels[:100], kind="stable")  # one row per class

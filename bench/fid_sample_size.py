@@ -26,8 +26,8 @@ from ebtune.cli.config import compose
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
-from ebtune.metrics.fid import FIDEvaluator, _moments, frechet_distance
-from ebtune.metrics.registry import make_fid
+from ebtune.metrics.frechet import FrechetMetric, frechet_distance, moments
+from ebtune.metrics.registry import make_metric
 from ebtune.metrics.sample_size import SubsetFID, fit_inverse_n
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
@@ -35,7 +35,7 @@ from ebtune.run.loading import load_model
 from ebtune.schedules import ScheduleContext, make_schedule
 
 
-def cached_features(evaluator: FIDEvaluator, images: np.ndarray, cache: Path | None) -> np.ndarray:
+def cached_features(evaluator: FrechetMetric, images: np.ndarray, cache: Path | None) -> np.ndarray:
     """`evaluator.features(images)`, stored under `cache` keyed by the evaluator and the image bytes,
     so a rerun of the analysis never repeats the Inception passes (~0.5–1 s per image on this CPU)."""
     if cache is None:
@@ -68,7 +68,7 @@ def analyse(name: str, pools: dict[str, np.ndarray], reference: dict, per_image:
     rng = np.random.default_rng(seed)
     # The fast subset FID must be the evaluator's own number: check one subset against torch-fidelity.
     idx = rng.choice(m, check_n, replace=False)
-    slow = frechet_distance(_moments(torch.from_numpy(pools["good"][idx]).double()), reference)
+    slow = frechet_distance(moments(torch.from_numpy(pools["good"][idx]).double()), reference)
     slow += 0.0 if per_image is None else float(per_image["good"][idx].mean())
     check = {"n": check_n, "subset_fid": scorers["good"](idx), "torch_fidelity_fid": slow}
     out: dict = {"evaluator": name, "pool": m, "check": check, "schedules": {}}
@@ -138,15 +138,15 @@ def main() -> None:
         images[s], timings[f"sample_{s}_s"] = out.images, out.seconds
     real = to_uint8(data.load_digits_split()[0])
 
-    inception = make_fid("inception")
+    inception = make_metric("inception")
     t = time.perf_counter()
     ref_real = real[np.sort(np.random.default_rng(a.seed).choice(len(real), a.reference_n, replace=False))]
-    reference = _moments(torch.from_numpy(cached_features(inception, ref_real, a.cache)).double())
+    reference = moments(torch.from_numpy(cached_features(inception, ref_real, a.cache)).double())
     pools = {s: cached_features(inception, x[:a.inception_pool], a.cache) for s, x in images.items()}
     timings["inception_features_s"] = time.perf_counter() - t  # ≈ 0 when every set came from the cache
     results = [analyse("inception", pools, reference, None, [int(n) for n in a.ns_inception.split(",")], a.repeats, a.seed,
                        check_n=int(a.ns_inception.split(",")[-1]))]
-    native = make_fid("digits-native")
+    native = make_metric("digits-native")
     results.append(analyse("digits-native", {s: native.features(x) for s, x in images.items()}, native.reference_statistics(),
                            {s: off_range_energy(x) for s, x in images.items()}, [int(n) for n in a.ns_native.split(",")],
                            a.repeats, a.seed, check_n=200))

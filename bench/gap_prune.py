@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search_cost import hypervolume_2d, reference_point, search  # noqa: E402
+from search_cost import hypervolume_2d, quality_key, reference_point, search  # noqa: E402
 
 from ebtune.search.gap_gate import REAL_IMAGES  # noqa: E402
 from ebtune.search.space import CALIBRATED, MASKS_KEY, SPACES_DIR  # noqa: E402
@@ -70,14 +70,14 @@ def main() -> None:
     base_front = {_front_key(pt) for pt in runs["fid gate"]["pareto"]["points"]}
     for (label, gap, _), r in zip(RUNS, runs.values()):
         reference_cost = REAL_IMAGES * ref[1] / 1e3 if gap else 0.0  # no-cache GMACs per real image, in TMACs
-        points = r["pareto"]["points"]
+        points, q = r["pareto"]["points"], quality_key(r["pareto"])
         report["runs"][label] = {
             "wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"] + reference_cost, "reference_tmacs": reference_cost,
-            "pruned": r["pruned"], "hypervolume": hypervolume_2d([(pt["metrics"]["fid"], pt["metrics"]["macs"] / 1e9)
+            "pruned": r["pruned"], "hypervolume": hypervolume_2d([(pt["metrics"][q], pt["metrics"]["macs"] / 1e9)
                                                                    for pt in points], ref),
             "same_front_as_fid_gate": {_front_key(pt) for pt in points} == base_front,
             "calibrated_seed_on_front": any(pt["params"].get(MASKS_KEY) == CALIBRATED for pt in points),
-            "front": [{"fid": pt["metrics"]["fid"], "gmacs": pt["metrics"]["macs"] / 1e9, "params": pt["params"]}
+            "front": [{"fid": pt["metrics"][q], "gmacs": pt["metrics"]["macs"] / 1e9, "params": pt["params"]}
                       for pt in points],
         }
     base = report["runs"]["fid gate"]

@@ -42,7 +42,7 @@ PANEL = [
     ("fora3+c1.03", "fora", {"interval": 3}, {"name": "constant", "value": 1.03}),
     ("fora2+c0.95", "fora", {"interval": 2}, {"name": "constant", "value": 0.95}),
 ]
-STATISTICS = ("S", "S_unscaled", "last3", "fid_proxy")
+STATISTICS = ("S", "S_unscaled", "last3", "quality_proxy")
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
         scaled = gate._recorder.per_image()[: ev.n_proxy]
         unscaled = scaled / np.asarray(schedule.eps_scale)
         G = scaled.mean(0) - reference
-        rows.append({"name": name, "fid": m["fid"], "fid_std": m["fid_std"], "fid_proxy": m["fid_proxy"],
+        rows.append({"name": name, "fid": m[ev.metric.name], "fid_std": m[f"{ev.metric.name}_std"], "quality_proxy": m["quality_proxy"],
                      "speedup": m["speedup"], "S": gate.record.gap, "S_sd": float(np.std(gate.record.draws)),
                      "S_unscaled": float(np.mean(np.abs(unscaled.mean(0) - reference))), "last3": float(G[-3:].mean())})
         print(json.dumps(rows[-1]), flush=True)
@@ -85,7 +85,7 @@ def main() -> None:
         report["would_stop"][stat] = [
             {"trial": mine["name"], "by": known["name"], "fid_cost": mine["fid"] - known["fid"]}
             for mine in rows for known in rows
-            if known is not mine and known["speedup"] >= mine["speedup"] and known["fid_proxy"] <= mine["fid_proxy"]
+            if known is not mine and known["speedup"] >= mine["speedup"] and known["quality_proxy"] <= mine["quality_proxy"]
             and known[stat] < mine[stat] - NOISE_Z * float(np.hypot(mine["S_sd"], known["S_sd"]))]
     print(json.dumps({k: report[k] for k in ("spearman_with_fid", "would_stop")}, indent=1))
     if a.json:

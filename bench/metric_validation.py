@@ -7,7 +7,7 @@ set): real held-out digits; uncached 50 steps; that set + Gaussian pixel noise (
 clipped, re-quantised); Gaussian blur; fewer steps; FORA(k); constant ε scaling; the EB-Cache b(t);
 the "trial 3" intervals schedule with b(t); FORA(3)+b(t); uncached 18 steps ± b(t).
 
-The shipped metrics are scored by the shipped code: `digits` (the classifier FD, `make_fid("digits")`)
+The shipped metrics are scored by the shipped code: `digits` (the classifier FD, `make_metric("digits")`)
 and `digits-native` (`DigitsNativeFD`, dit-tiny's objective: FD on `native_pixels` + the mean
 `off_range_energy`). The other columns are candidates kept as small functions here. Uncertainty:
 bootstrap over the generated images (the reference is fixed); the same resampled indices serve every
@@ -39,7 +39,7 @@ from ebtune.core.uint8 import to_uint8
 from ebtune.default import classifier, data
 from ebtune.metrics.digits_native import DIGIT_UNITS, DigitsNativeFD, native_pixels, off_range_energy
 from ebtune.metrics.fid import classifier_accuracy, frechet_distance
-from ebtune.metrics.registry import make_fid
+from ebtune.metrics.registry import make_metric
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
@@ -123,7 +123,7 @@ def knn_radii(x: np.ndarray, k: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 METRICS = {  # name: (description, higher_is_better)
-    "digits": ("shipped classifier FD: FD in the digits classifier's 64-d penultimate space vs the train split (make_fid('digits'))", False),
+    "digits": ("shipped classifier FD: FD in the digits classifier's 64-d penultimate space vs the train split (make_metric('digits'))", False),
     "digits-native": ("shipped objective (DigitsNativeFD, dit-tiny's default): fd_px8 + mean off_range_energy", False),
     "kid_clf": ("KID x1e3 in classifier penultimate features vs the train split", False),
     "fd_conv": ("x1e3 FD in early-conv texture statistics of the classifier (conv1/conv2 channel mean+RMS, 128-d)", False),
@@ -150,7 +150,7 @@ class Suite:
         x_train, _, x_test, y_test = data.load_digits_split()
         self.train = to_uint8(x_train)
         self.test, self.test_labels = to_uint8(x_test), y_test.numpy()
-        self.clf_fid, self.native_fid = make_fid("digits"), DigitsNativeFD()
+        self.clf_fid, self.native_fid = make_metric("digits"), DigitsNativeFD()
         self.clf_model = classifier.load_classifier()
         self.boot, self.seed, self.k = boot, seed, k
         p8 = native_pixels(self.train)
@@ -200,7 +200,7 @@ class Suite:
             record(name, *self.fd_draws(f[key], key, cnt, mult))
         # The shipped implementations give the point estimates; the replicates use the shared counts
         # (for paired differences) on the shipped features, reference and off-range energy.
-        out["digits"]["value"] = self.clf_fid.fid(images)
+        out["digits"]["value"] = self.clf_fid.distance(images)
         native, native_std = self.native_fid.score(images, bootstrap=self.boot, seed=self.seed)
         record("digits-native", native, [b + (c * f["energy"]).sum() / n for b, c in zip(out["fd_px8"]["boot"], cnt)])
         out["digits-native"]["score_std"] = native_std  # DigitsNativeFD.score's own bootstrap, as the search reports it

@@ -41,7 +41,7 @@ def default_search(trials: int) -> dict:
         seconds, folder = search(Path(tmp), "bench-default", f"trials={trials}")
         pareto = json.loads((folder / "pareto.json").read_text())
     objectives = pareto["objectives"]
-    keep = (*objectives, "fid_std", "speedup")
+    keep = (*objectives, f"{pareto.get('quality', 'fid')}_std", "speedup")
     return {"trials": trials, "wall_s": seconds, "objectives": objectives, "confirmed": pareto["confirmed"],
             "front": [{"number": p["number"], **{k: p["metrics"][k] for k in keep}, "relations": p["relations"]}
                       for p in pareto["points"]],

@@ -81,7 +81,8 @@ def reference_point(runs: dict[str, dict], base: str) -> tuple[float, float]:
 
 
 def quality_key(pareto: dict) -> str:
-    return pareto["objectives"][0]
+    """The quality metric's key in a pareto.json ("fid" in files written before metrics had names)."""
+    return pareto.get("quality", "fid")
 
 
 def decision(pareto: dict) -> dict:

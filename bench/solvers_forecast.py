@@ -158,9 +158,10 @@ def run_set(ev: Evaluator, name: str, reference: Reference | None, boot: int) ->
     out = ev.evaluate(schedule, reference, sampler)
     wall = time.perf_counter() - start
     images = ev.loaded.decode(torch.from_numpy(out.latents))
-    value, draws = ev.fid.score_draws(images, boot, ev.seed)
-    if not math.isclose(value, out.metrics["fid"], rel_tol=1e-9, abs_tol=1e-9):
-        raise SystemExit(f"{name}: re-decoded images score {value} but the evaluator's fid is {out.metrics['fid']}")
+    value, draws = ev.metric.score_draws(images, boot, ev.seed)
+    if not math.isclose(value, out.metrics[ev.metric.name], rel_tol=1e-9, abs_tol=1e-9):
+        raise SystemExit(f"{name}: re-decoded images score {value} but the evaluator's {ev.metric.name} is "
+                         f"{out.metrics[ev.metric.name]}")
     rec = {**p, "name": name, "metrics": out.metrics, "fid": value, "fid_std": float(np.std(draws, ddof=1)),
            "speedup": out.metrics["speedup"], "latency_speedup": out.metrics["latency_speedup"],
            "wall_s": wall, "loadavg": list(os.getloadavg()), "draws": draws.tolist(), "latents": out.latents,

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
                 time.sleep(600)
             outcome = score(evaluator, space, params, reference, gate)
             if what == "nan":
-                outcome.metrics["fid"] = math.nan
+                outcome.metrics[evaluator.metric.name] = math.nan
             return outcome
 
         local.score = faulty

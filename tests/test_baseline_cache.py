@@ -26,6 +26,7 @@ def test_the_key_follows_weights_images_sampler_and_schedule():
     assert outcome_key(_evaluator("seed=1"), schedule, a.sampler) != key
     assert outcome_key(a, schedule.with_eps_scale([0.99] * 4), a.sampler) != key
     assert outcome_key(a, schedule, a.sampler_at(4, "ddim")) != key
+    assert outcome_key(_evaluator("model.fid=digits"), schedule, a.sampler) != key  # another quality metric
     before = weights_digest(b.loaded.model)
     with torch.no_grad():
         next(b.loaded.model.parameters()).view(-1)[0] += 1e-6

@@ -13,7 +13,7 @@ from ebtune.cli.config import CONF_DIR, REGISTRY_GROUPS, SUPPLIED, choices, comp
 from ebtune.core.schedule import Schedule
 from ebtune.errors import ConfigError
 from ebtune.io.decoders import DECODERS
-from ebtune.metrics.registry import FID_EVALUATORS
+from ebtune.metrics.registry import METRICS
 from ebtune.registry import Registry
 from ebtune.run.families.dit import ARCHITECTURES
 from ebtune.schedules import SCHEDULES, ScheduleContext, fora
@@ -68,7 +68,7 @@ def test_model_configs_name_registered_parts(name):
     assert doc["name"] == name
     assert doc["arch"] in ARCHITECTURES
     assert doc["decoder"] in DECODERS
-    assert doc["fid"] in FID_EVALUATORS
+    assert doc["fid"] in METRICS
 
 
 def test_search_config_carries_typed_sections_with_the_plain_values_it_stores(tmp_path):

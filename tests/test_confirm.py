@@ -27,20 +27,20 @@ def test_confirm_at_the_search_size_and_seed_reproduces_its_metrics(search_folde
     assert names[0] == "nocache"
     assert set(names) == {b["name"] for b in pareto["baselines"]} | {f"trial-{p['number']:04d}" for p in pareto["points"]}
     for row in result["rows"]:  # same seeds, labels and images: the same numbers
-        for metric in ("fid", "macs", "speedup", "distance", "accuracy"):
+        for metric in ("digits-native", "macs", "speedup", "distance", "accuracy"):
             assert row["metrics"][metric] == pytest.approx(row["search_metrics"][metric], rel=1e-9, abs=1e-12), (row["name"], metric)
     assert set(result["dominates"]) == {f"trial-{p['number']:04d}" for p in pareto["points"]}
     assert "confirmed.json" in capsys.readouterr().out
 
 
-def test_confirm_with_more_images_changes_fid_not_macs(search_folder, capsys):
+def test_confirm_with_more_images_changes_quality_not_macs(search_folder, capsys):
     with pytest.raises(SystemExit) as removed:  # the old spelling of n= had its release
         main(["confirm", str(search_folder), "--n", "40"])
     assert removed.value.code == 2 and "unrecognized arguments: --n" in capsys.readouterr().err
     assert main(["confirm", str(search_folder), "n=40"]) == 0
     rows = json.loads((search_folder / "confirmed.json").read_text())["rows"]
     assert all(r["metrics"]["macs"] == r["search_metrics"]["macs"] for r in rows)
-    assert any(r["metrics"]["fid"] != pytest.approx(r["search_metrics"]["fid"]) for r in rows)
+    assert any(r["metrics"]["digits-native"] != pytest.approx(r["search_metrics"]["digits-native"]) for r in rows)
 
 
 def test_confirm_needs_a_search_folder(tmp_path, capsys):
@@ -53,5 +53,5 @@ def test_confirm_defaults_to_fresh_seeds(search_folder):
     result = json.loads((search_folder / "confirmed.json").read_text())
     assert result["seed"] != 0
     nocache = next(r for r in result["rows"] if r["name"] == "nocache")
-    assert nocache["metrics"]["fid"] != pytest.approx(nocache["search_metrics"]["fid"])  # other images
+    assert nocache["metrics"]["digits-native"] != pytest.approx(nocache["search_metrics"]["digits-native"])  # other images
     assert nocache["metrics"]["macs"] == nocache["search_metrics"]["macs"]

@@ -16,7 +16,8 @@ DEPTH = 6  # dit-tiny
 
 @pytest.fixture
 def search_folder(tmp_path):
-    """A search folder as `ebtune search` writes it (its study, schedule files), with three Pareto points."""
+    """A search folder as `ebtune search` wrote it before metrics had names of their own (its quality
+    under "fid", no `quality` in what it says about itself), with three Pareto points: still read."""
     folder = tmp_path / "run"
     ctx = ScheduleContext.linear(50, DEPTH)
     settings = {"objectives": ["fid", "macs"], "constraints": [], "metric": {"margin": 0.0}}
@@ -37,7 +38,7 @@ def search_folder(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("choice,trial", [(["--knee"], 0), (["--max-fid", "3.5"], 0), (["--max-fid", "5"], 2),
+@pytest.mark.parametrize("choice,trial", [(["--knee"], 0), (["--quality", "3.5"], 0), (["--quality", "5"], 2),
                                           (["--min-speedup", "1.5"], 0), (["--min-speedup", "1.0"], 1)])
 def test_export_picks_the_point(search_folder, tmp_path, choice, trial):
     out = tmp_path / "s.json"
@@ -49,11 +50,11 @@ def test_export_picks_the_point(search_folder, tmp_path, choice, trial):
 
 
 def test_export_errors_are_one_line(search_folder, tmp_path, capsys):
-    assert main(["export", str(search_folder), "--max-fid", "1.0", "--out", str(tmp_path / "s.json")]) == 2
+    assert main(["export", str(search_folder), "--quality", "1.0", "--out", str(tmp_path / "s.json")]) == 2
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "s.json")]) == 2
     assert main(["export", "0123456789abcdef", f"tracking.uri=sqlite:///{tmp_path}/none.db", "--out", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "no Pareto point has FID <= 1.0 (best is 2.2)" in err[0]
+    assert "no Pareto point has fid <= 1 (best is 2.2)" in err[0]
     assert "no study.db or storage.json in" in err[1] and "there is no MLflow store at" in err[2]
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "none.db").exists()
 

@@ -349,7 +349,7 @@ def test_failing_and_hung_trials_are_trial_failures(tmp_path):
     study = load_folder_study(run)
     reasons = [t.user_attrs.get("fail_reason", "").splitlines()[-1:] for t in study.trials]
     assert "SystemExit: 3" in reasons[0][0] and "injected failure" in reasons[1][0]
-    assert "objective(s) fid are not finite" in reasons[2][0] and "search.trial_timeout_s=20" in reasons[3][0]
+    assert "objective(s) digits-native are not finite" in reasons[2][0] and "search.trial_timeout_s=20" in reasons[3][0]
     assert [t.state.name for t in study.trials] == ["FAIL"] * 4 + ["COMPLETE"]
     c = _consistency(run, 5)
     _row("SystemExit, exception, NaN objective, hang past trial_timeout_s=20 in trials 0-3", c)

@@ -1,4 +1,4 @@
-"""FID through torch-fidelity with the digits extractor, the evaluator registry and classifier accuracy."""
+"""Fréchet distances through torch-fidelity with the digits extractor, the metric registry and classifier accuracy."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +10,13 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from ebtune.default import classifier, data
 from ebtune.io.decoders import to_uint8
 from ebtune.metrics import (
-    DigitsFID,
-    FIDEvaluator,
+    DigitsFD,
+    FrechetMetric,
     InceptionFID,
+    Metric,
     classifier_accuracy,
-    fid_between,
-    make_fid,
+    frechet_between,
+    make_metric,
     register_digits_extractor,
 )
 from ebtune.metrics.fid import DigitsFeatureExtractor
@@ -29,7 +30,7 @@ def real():
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return DigitsFID()
+    return DigitsFD()
 
 
 def _noised(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
@@ -39,21 +40,21 @@ def _noised(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
 
 def test_fid_of_a_set_against_itself_is_zero(real, evaluator):
     _, test, _ = real
-    assert abs(fid_between(test, test, evaluator)) < 1e-6
+    assert abs(frechet_between(test, test, evaluator)) < 1e-6
     # The shipped reference is the train split's own statistics.
-    assert abs(evaluator.fid(real[0])) < 1e-6
+    assert abs(evaluator.distance(real[0])) < 1e-6
 
 
 def test_noise_raises_fid_monotonically(real, evaluator):
     _, test, _ = real
-    clean, mild, strong = (evaluator.fid(_noised(test, s)) if s else evaluator.fid(test) for s in (0, 25, 60))
+    clean, mild, strong = (evaluator.distance(_noised(test, s)) if s else evaluator.distance(test) for s in (0, 25, 60))
     assert 0 < clean < mild < strong
     assert strong > 10 * clean
 
 
 def test_mode_dropping_raises_fid(real, evaluator):
     _, test, labels = real
-    assert evaluator.fid(test[labels < 5]) > 10 * evaluator.fid(test)
+    assert evaluator.distance(test[labels < 5]) > 10 * evaluator.distance(test)
 
 
 def test_fid_matches_the_formula(real, evaluator):
@@ -64,7 +65,7 @@ def test_fid_matches_the_formula(real, evaluator):
     ref = evaluator.reference_statistics()
     covmean = scipy.linalg.sqrtm(sigma @ ref["sigma"]).real
     expected = np.sum((mu - ref["mu"]) ** 2) + np.trace(sigma + ref["sigma"] - 2 * covmean)
-    assert evaluator.fid(test) == pytest.approx(expected, rel=1e-4)
+    assert evaluator.distance(test) == pytest.approx(expected, rel=1e-4)
 
 
 def test_features_are_the_classifier_penultimate_layer(real, evaluator):
@@ -84,11 +85,11 @@ def test_grey_and_rgb_give_the_same_features(real, evaluator):
 
 def test_deterministic_across_evaluators(real):
     _, test, _ = real
-    assert DigitsFID().fid(test) == DigitsFID().fid(test)
+    assert DigitsFD().distance(test) == DigitsFD().distance(test)
 
 
 def test_default_reference_is_the_shipped_train_split(real, evaluator):
-    shipped = DigitsFID(reference_npz=None).reference_statistics()
+    shipped = DigitsFD(reference_npz=None).reference_statistics()
     np.testing.assert_array_equal(shipped["mu"], evaluator.reference_statistics()["mu"])
     np.testing.assert_allclose(shipped["mu"], evaluator.statistics(real[0])["mu"], rtol=1e-5, atol=1e-6)
 
@@ -96,31 +97,31 @@ def test_default_reference_is_the_shipped_train_split(real, evaluator):
 def test_own_reference_npz(real, evaluator, tmp_path):
     _, test, _ = real
     np.savez(tmp_path / "ref.npz", **evaluator.statistics(test))
-    assert abs(DigitsFID(reference_npz=tmp_path / "ref.npz").fid(test)) < 1e-6
+    assert abs(DigitsFD(reference_npz=tmp_path / "ref.npz").distance(test)) < 1e-6
 
 
 def test_bad_references_name_the_fix(real, tmp_path):
     _, test, _ = real
     with pytest.raises(ValueError, match="no reference statistics"):
-        InceptionFID().fid(test)
+        InceptionFID().distance(test)
     with pytest.raises(FileNotFoundError, match="not found"):
-        DigitsFID(reference_npz=tmp_path / "absent.npz").fid(test)
+        DigitsFD(reference_npz=tmp_path / "absent.npz").distance(test)
     np.savez(tmp_path / "bad.npz", mean=np.zeros(3))
     with pytest.raises(ValueError, match="lacks 'mu' or 'sigma'"):
-        DigitsFID(reference_npz=tmp_path / "bad.npz").fid(test)
+        DigitsFD(reference_npz=tmp_path / "bad.npz").distance(test)
     np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
     with pytest.raises(ValueError, match="feature sizes differ"):
-        DigitsFID(reference_npz=tmp_path / "small.npz").fid(test)
+        DigitsFD(reference_npz=tmp_path / "small.npz").distance(test)
 
 
 def test_bad_images_are_rejected(real, evaluator):
     _, test, _ = real
     with pytest.raises(ValueError, match="uint8 N×H×W×C"):
-        evaluator.fid(test.astype(np.float32))
+        evaluator.distance(test.astype(np.float32))
     with pytest.raises(ValueError, match="uint8 N×H×W×C"):
-        evaluator.fid(test[..., 0])
+        evaluator.distance(test[..., 0])
     with pytest.raises(ValueError, match="at least 2 images"):
-        evaluator.fid(test[:1])
+        evaluator.distance(test[:1])
 
 
 def test_registration_is_idempotent():
@@ -130,22 +131,23 @@ def test_registration_is_idempotent():
 
 
 def test_registry():
-    assert isinstance(make_fid("digits"), DigitsFID)
-    inception = make_fid("inception", reference_npz="ref.npz")
-    assert isinstance(inception, InceptionFID) and isinstance(inception, FIDEvaluator)
-    assert (make_fid("digits").name, inception.name) == ("digits", "inception")
-    with pytest.raises(ValueError, match=r"unknown fid evaluator 'x'; choose one of: digits, inception"):
-        make_fid("x")
+    assert isinstance(make_metric("digits"), DigitsFD)
+    inception = make_metric("inception", reference="ref.npz")
+    assert isinstance(inception, InceptionFID) and isinstance(inception, FrechetMetric) and isinstance(inception, Metric)
+    # Values are reported under the metric's own name: "fid" is the Fréchet Inception Distance only.
+    assert (make_metric("digits").name, inception.name) == ("digits-fd", "fid")
+    with pytest.raises(ValueError, match=r"unknown quality metric \(model.fid\) 'x'; choose one of: digits, inception"):
+        make_metric("x")
 
 
 def test_evaluator_interface_is_abstract():
-    class Incomplete(FIDEvaluator):
-        @property
-        def name(self) -> str:
-            return "incomplete"
+    class Incomplete(FrechetMetric):
+        name = "incomplete"
 
     with pytest.raises(TypeError):
         Incomplete(None)
+    with pytest.raises(TypeError):
+        Metric()
 
 
 def test_classifier_accuracy(real):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebtune.metrics.fid import _moments, frechet_distance
+from ebtune.metrics.frechet import frechet_distance, moments
 from ebtune.metrics.sample_size import BiasFit, SubsetFID, fit_inverse_n, psd_sqrt
 
 NS = np.array([25, 50, 100, 200, 400, 800, 1600], dtype=np.float64)
@@ -55,11 +55,11 @@ def test_psd_sqrt_squares_back():
 def test_subset_fid_matches_torch_fidelity(n):
     rng = np.random.default_rng(2)
     d = 12
-    reference = _moments(torch.from_numpy(rng.normal(size=(30, d)) @ rng.normal(size=(d, d))).double())
+    reference = moments(torch.from_numpy(rng.normal(size=(30, d)) @ rng.normal(size=(d, d))).double())
     pool = rng.normal(0.3, 1.0, size=(60, d)) @ rng.normal(size=(d, d))
     energy = rng.uniform(size=60)
     idx = rng.choice(60, n, replace=False)
-    expected = frechet_distance(_moments(torch.from_numpy(pool[idx]).double()), reference)
+    expected = frechet_distance(moments(torch.from_numpy(pool[idx]).double()), reference)
     assert SubsetFID(pool, reference)(idx) == pytest.approx(expected, rel=1e-6)
     assert SubsetFID(pool, reference, energy)(idx) == pytest.approx(expected + energy[idx].mean(), rel=1e-6)
 

@@ -20,12 +20,12 @@ TINY = ["model=dit-tiny", f"steps={STEPS}", "metric.n_samples=20", "metric.batch
         "metric.n_proxy=10", "metric.bootstrap=10", "device=cpu"]
 
 
-def _record(gap: float, spread: float, macs: float = 1.0, fid_proxy: float = 10.0, steps: int = 50, seed: int = 0):
+def _record(gap: float, spread: float, macs: float = 1.0, quality_proxy: float = 10.0, steps: int = 50, seed: int = 0):
     # Draws of one evaluation: a shared component (the images both evaluations resample alike) plus
     # this evaluation's own part of size `spread`.
     shared = np.random.default_rng(0).normal(0, 0.01, 30)
     own = np.random.default_rng(seed + 1).normal(0, spread, 30)
-    return GapRecord(gap, tuple(gap + shared + own), macs, fid_proxy, steps)
+    return GapRecord(gap, tuple(gap + shared + own), macs, quality_proxy, steps)
 
 
 def test_prunes_a_gap_beyond_noise_of_a_cheaper_no_worse_point():
@@ -44,7 +44,7 @@ def test_never_prunes_without_a_reference_point():
 
 @pytest.mark.parametrize("why, known", [
     ("costs more", _record(0.02, 0.001, macs=2.0)),
-    ("worse proxy quality", _record(0.02, 0.001, macs=0.5, fid_proxy=11.0)),
+    ("worse proxy quality", _record(0.02, 0.001, macs=0.5, quality_proxy=11.0)),
     ("other step count", _record(0.02, 0.001, macs=0.5, steps=25)),
 ])
 def test_a_smaller_gap_alone_does_not_prune(why, known):

@@ -138,6 +138,6 @@ def test_an_evaluation_keeps_draws_that_pair_with_another():
     every_other = [i % 2 == 0 for i in range(6)]  # FORA(2): compute at even steps, reuse at odd ones
     reuse = Schedule.from_step_masks(every_other, every_other, evaluator.loaded.config.depth)
     cached = evaluator.evaluate(reuse, None)
-    assert len(full.quality_draws) == 12 and np.std(full.quality_draws, ddof=1) == pytest.approx(full.metrics["fid_std"])
-    d = paired_difference(cached.quality_draws, full.quality_draws, cached.metrics["fid"], full.metrics["fid"])
-    assert d.paired and d.se < math.hypot(cached.metrics["fid_std"], full.metrics["fid_std"])
+    assert len(full.quality_draws) == 12 and np.std(full.quality_draws, ddof=1) == pytest.approx(full.metrics["digits-native_std"])
+    d = paired_difference(cached.quality_draws, full.quality_draws, cached.metrics["digits-native"], full.metrics["digits-native"])
+    assert d.paired and d.se < math.hypot(cached.metrics["digits-native_std"], full.metrics["digits-native_std"])

@@ -91,8 +91,9 @@ def _records_complete(folder: Path) -> None:
     """Every completed trial has its schedule file, its metrics and the gate's draws on the study."""
     for t in load_folder_study(folder).get_trials(states=(TrialState.COMPLETE,)):
         assert (folder / t.user_attrs["schedule_file"]).is_file()
-        assert {"fid", "macs", "fid_proxy", "images"} <= set(t.user_attrs["metrics"])
-        assert t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] and [len(r["draws"]) for r in t.user_attrs["rungs"]] == [10]
+        assert {"digits-native", "macs", "quality_proxy", "images"} <= set(t.user_attrs["metrics"])
+        assert t.user_attrs["digits-native"] == t.user_attrs["metrics"]["digits-native"]
+        assert [len(r["draws"]) for r in t.user_attrs["rungs"]] == [10]
 
 
 def test_exact_budget_records_and_resume(search):

@@ -21,7 +21,7 @@ def test_proxy_is_the_metric_on_the_first_images(evaluator):
     assert full.metrics["images"] == 20 and [(r.images, len(r.draws)) for r in full.rungs] == [(10, 10)]
     first = Evaluator(compose([*TINY, "metric.n_samples=10", "metric.n_proxy=0"], config_name="search"), "cpu")
     alone = first.evaluate(no_cache(6, first.loaded.config.depth), None)
-    assert full.metrics["fid_proxy"] == alone.metrics["fid"]  # same seeds: the same ten images
+    assert full.metrics["quality_proxy"] == alone.metrics["digits-native"]  # same seeds: the same ten images
 
 
 def test_a_closed_gate_stops_after_the_proxy_images(evaluator):
@@ -51,8 +51,8 @@ def test_rungs_double_below_the_full_set_and_each_is_the_metric_on_its_first_ima
     assert seen == [10, 20] and stopped.value.metrics["images"] == 20
     full = ev.evaluate(no_cache(6, ev.loaded.config.depth), None)
     alone = Evaluator(compose([*TINY, "metric.n_proxy=0"], config_name="search"), "cpu")  # the first 20 images
-    assert full.rungs[1].images == 20 and full.rungs[1].value == alone.evaluate(no_cache(6, alone.loaded.config.depth), None).metrics["fid"]
-    assert stopped.value.metrics["fid_proxy"] == full.rungs[1].value
+    assert full.rungs[1].images == 20 and full.rungs[1].value == alone.evaluate(no_cache(6, alone.loaded.config.depth), None).metrics["digits-native"]
+    assert stopped.value.metrics["quality_proxy"] == full.rungs[1].value
 
 
 def test_the_rule_stops_only_where_a_point_that_costs_no_more_is_better_beyond_paired_noise():
@@ -62,7 +62,7 @@ def test_the_rule_stops_only_where_a_point_that_costs_no_more_is_better_beyond_p
     base = [10.0 + 0.1 * k for k in range(10)]
     better = {"images": 20, "value": 9.0, "draws": [d - 1.0 for d in base]}  # 1.0 better on every draw
     rule = ProxyRule.over([({"macs": 5.0}, [better])])
-    mine = {"macs": 5.0, "fid_proxy": 10.0, "proxy_images": 20.0}
+    mine = {"macs": 5.0, "quality_proxy": 10.0, "proxy_images": 20.0}
     assert rule(mine, base) is False
     assert rule({**mine, "macs": 4.0}, base) is True  # the better point costs more
     assert rule({**mine, "proxy_images": 10.0}, base) is True  # no draws at this rung

@@ -102,7 +102,7 @@ def test_fewer_steps_are_paired_with_the_full_step_reference(clock):
 def test_default_pairs_and_the_reference_itself(clock):
     # auto (conf/search.yaml): MACs-ranked on CPU, latency only reported -> one pair
     assert _evaluator(pairs=None).pairs == evaluator_module.LATENCY_PAIRS_REPORTED == 1
-    ev = _evaluator(pairs=None, objectives="[fid,latency_s]")  # ranked by latency: LATENCY_PAIRS, capped at 3 timed batches
+    ev = _evaluator(pairs=None, objectives="[quality,latency_s]")  # ranked by latency: LATENCY_PAIRS, capped at 3 timed batches
     assert evaluator_module.LATENCY_PAIRS > 3 and ev.pairs == 3 and _evaluator(pairs=1).pairs == 1
     assert _evaluator(pairs=None, constraints="['latency_s <= 1.0']").pairs == 3
     assert ev.provenance()["latency"]["paired_batches"] == [3, 3]
@@ -118,7 +118,7 @@ def test_bad_latency_pairs_is_a_config_error(value):
 
 
 def test_auto_pairs_more_only_while_the_ratios_disagree(clock):
-    ev = _evaluator(pairs=None, objectives="[fid,latency_s]", n_samples=16)  # 8 timed batches
+    ev = _evaluator(pairs=None, objectives="[quality,latency_s]", n_samples=16)  # 8 timed batches
     assert (ev.pairs, ev.max_pairs) == (evaluator_module.LATENCY_PAIRS, 8)
     reference = _reference(ev)
     clock.start()  # a steady machine: every pair says 2.0, so the fewest pairs settle it
@@ -130,7 +130,7 @@ def test_auto_pairs_more_only_while_the_ratios_disagree(clock):
     metrics = ev.evaluate(_fora2(ev), reference).metrics
     assert [share for _, share in clock.calls].count(1.0) == 8  # paired every timed batch
     assert metrics["latency_speedup"] == pytest.approx(2.5)
-    fixed = _evaluator(pairs=2, objectives="[fid,latency_s]", n_samples=16)
+    fixed = _evaluator(pairs=2, objectives="[quality,latency_s]", n_samples=16)
     clock.start(*jitter)
     fixed.evaluate(_fora2(fixed), reference)
     assert [share for _, share in clock.calls].count(1.0) == 2  # a number is exact

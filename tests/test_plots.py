@@ -8,7 +8,7 @@ import re
 import pytest
 from matplotlib.figure import Figure
 
-from ebtune.search.plots import _place_labels, _points, axis, write_pareto_plots
+from ebtune.search.plots import Quality, _place_labels, _points, axis, write_pareto_plots
 
 
 def _record(name, fid, macs, number=None):
@@ -22,7 +22,10 @@ BASELINES = [_record(n, 20 + 0.01 * k, 9e8 + 1e5 * k) for k, n in enumerate(["no
 
 
 def test_axes_carry_units_and_macs_are_plotted_in_gmacs():
-    assert axis("fid", "digits-native, 256 images") == ("FID (digits-native, 256 images)", 1.0)
+    assert axis("fid", Quality("fid", "inception", 256)) == ("FID (inception, 256 images)", 1.0)
+    assert axis("digits-native", Quality("digits-native", "digits-native", 256)) == (
+        "digits-native (digits-native, 256 images)", 1.0)
+    assert axis("clip", Quality("clip", "clip-b32", 64, "maximize"))[0] == "clip (clip-b32, 64 images; higher is better)"
     assert axis("macs") == ("GMACs per image", 1e-9)
     assert axis("latency_s")[0] == "latency (s per timed batch)"
     assert axis("something-new") == ("something-new", 1.0)
@@ -41,13 +44,13 @@ def test_baseline_and_front_labels_do_not_overlap():
 
 
 def test_search_folder_gets_png_and_a_light_html(tmp_path):
-    png, html = write_pareto_plots(tmp_path, TRIALS, FRONT, BASELINES, ["macs", "fid"], "digits-native", 256, "s1")
+    png, html = write_pareto_plots(tmp_path, TRIALS, FRONT, BASELINES, ["macs", "fid"], Quality("fid", "inception", 256), "s1")
     assert (png, html) == (tmp_path / "pareto.png", tmp_path / "pareto.html")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = html.read_text()
     assert 'src="plotly.min.js"' in page and html.stat().st_size < 200_000
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000  # the library, once, beside the page
-    assert "GMACs per image" in page and "FID (digits-native, 256 images)" in page
+    assert "GMACs per image" in page and "FID (inception, 256 images)" in page
     traces = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", page, re.S).group(1))
     front = next(t for t in traces if t["name"].startswith("Pareto front"))
     assert front["text"] == ["trial-0005", "trial-0004", "trial-0003"] and front["x"] == pytest.approx([0.5, 0.6, 0.7])

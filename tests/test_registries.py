@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,8 +12,13 @@ from ebtune import make_sampler
 from ebtune.cache.adapters import ADAPTERS, DiTAdapter
 from ebtune.core.dit import DiT
 from ebtune.core.eps_scale import EPS_SCALES
+from ebtune.default import data
+from ebtune.io.decoders import to_uint8
+from ebtune.metrics import InceptionFID
+from ebtune.metrics.registry import METRICS, make_metric, metric_class
 from ebtune.sampling.samplers import SAMPLER_STEPS, Guidance
 from ebtune.schedules import SCHEDULES, CalibrationProbe, ScheduleContext, make_schedule
+from ebtune.search.pareto import DIRECTIONS, QUALITY
 
 from .conftest import SMALL, randomised
 from .test_adapters import CASES as ADAPTER_CASES
@@ -57,3 +63,24 @@ def test_every_adapter_has_a_contract_case():
     covered = {case.adapter for case in ADAPTER_CASES} | {DiTAdapter}  # DiTAdapter: tests/test_cache.py
     assert covered == {ADAPTERS[name] for name in ADAPTERS}
     assert all(isinstance(getattr(ADAPTERS[name], "family", None), str) and ADAPTERS[name].family == name for name in ADAPTERS)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_every_metric_declares_itself_and_pairs_its_draws(name):
+    cls = metric_class(name)
+    assert cls.direction in ("minimize", "maximize") and isinstance(cls.needs_reference, bool)
+    assert cls.name not in DIRECTIONS and cls.name != QUALITY  # its key cannot shadow another metric's
+    assert (cls.name == "fid") == issubclass(cls, InceptionFID)  # "fid" is the Fréchet Inception Distance only
+    if issubclass(cls, InceptionFID):
+        return  # needs the converted Inception weights and ImageNet statistics: tests/test_inception.py
+    images = to_uint8(data.load_digits_split()[2][:20])
+    other = images.copy()
+    other[7] = 255 - other[7]  # one image differs
+    value, draws = make_metric(name).score_draws(images, 16, 3)
+    again, same = make_metric(name).score_draws(images, 16, 3)
+    assert math.isfinite(value) and (value, list(draws)) == (again, list(same)) and len(draws) == 16
+    # The resampled indices depend only on the seed and the number of images: a resample without image 7
+    # scores both sets the same (draws pair up), one with it differs.
+    changed = make_metric(name).score_draws(other, 16, 3)[1]
+    equal = np.isclose(draws, changed, rtol=0, atol=1e-9)
+    assert 0 < equal.sum() < len(draws)

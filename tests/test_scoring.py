@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
 from ebtune.metrics.digits_native import off_range_energy
-from ebtune.metrics.registry import make_fid
+from ebtune.metrics.registry import make_metric
 from ebtune.search.pareto import dominates, feasible_front, relation
 from ebtune.search.records import SearchRecord
 from ebtune.search.study import load_folder_study
@@ -30,8 +30,8 @@ def _noised(images: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def test_digits_native_gets_worse_with_every_step_of_added_noise(real_test):
-    evaluator = make_fid("digits-native")
-    scores = [evaluator.fid(_noised(real_test, s)) for s in (0, 2, 4, 8, 16)]
+    evaluator = make_metric("digits-native")
+    scores = [evaluator.distance(_noised(real_test, s)) for s in (0, 2, 4, 8, 16)]
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
 
 
@@ -40,7 +40,7 @@ def test_real_digits_lie_in_the_upsampling_range(real_test):
 
 
 def test_bootstrap_error_shrinks_with_more_images(real_test):
-    evaluator = make_fid("digits-native")
+    evaluator = make_metric("digits-native")
     _, small = evaluator.score(real_test[:90], bootstrap=30)
     _, large = evaluator.score(real_test, bootstrap=30)
     assert 0 < large < small
@@ -79,12 +79,13 @@ def test_search_confirms_on_fresh_images_and_judges_eps_fair_baselines(ebtune, t
     for entry in pareto["baselines"] + pareto["points"]:
         assert entry["metrics"]["images"] == 30 and entry["search_metrics"]["images"] == 20
         assert entry["metrics"]["macs"] == entry["search_metrics"]["macs"]
-        assert entry["metrics"]["fid_std"] > 0
+        assert entry["metrics"]["digits-native_std"] > 0
     for point in pareto["points"]:
         assert set(point["relations"]) == set(names)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     runs = client.search_runs(client.search_experiments()[0].experiment_id, "tags.pareto_optimal = 'true'")
     assert {int(r.data.tags["ebtune.trial"]) for r in runs} == {p["number"] for p in pareto["points"]}
     assert all("nocache" in r.data.tags["ebtune.relations"] for r in runs)
-    assert all(r.data.metrics["confirmed.fid"] == pytest.approx(
-        next(p for p in pareto["points"] if p["number"] == int(r.data.tags["ebtune.trial"]))["metrics"]["fid"]) for r in runs)
+    assert all(r.data.metrics["confirmed.digits-native"] == pytest.approx(
+        next(p for p in pareto["points"] if p["number"] == int(r.data.tags["ebtune.trial"]))["metrics"]["digits-native"])
+        for r in runs)

@@ -113,9 +113,12 @@ def test_space_that_cannot_fit_the_step_count_fails_before_any_trial(ebtune, tmp
 
 @pytest.mark.parametrize("override, message", [
     ("launcher=slurm", "unknown launcher 'slurm'"),
-    ("search.objectives=[fid,bogus]", "unknown metric 'bogus'"),
-    ("search.objectives=[fid]", "at least two different metrics"),
-    ("search.constraints=['fid < 3']", "cannot parse constraint"),
+    ("search.objectives=[quality,bogus]", "unknown metric 'bogus'"),
+    ("search.objectives=[quality]", "at least two different metrics"),
+    ("search.constraints=['quality < 3']", "cannot parse constraint"),
+    # "fid" is the Fréchet Inception Distance: dit-tiny's searches are scored by digits-native.
+    ("search.objectives=[fid,macs]", "'fid' is not measured by this search: its quality metric is 'digits-native'"),
+    ("search.constraints=['fid <= nocache + 0.5']", "write 'quality' or 'digits-native' instead"),
     ("metric.n_samples=1", "metric.n_samples"),
     ("trials=0", "trials must be at least 1"),
 ])
@@ -128,7 +131,7 @@ def test_dry_run_prints_config_and_space(ebtune, tmp_path, capsys):
     assert ebtune("search", "--dry-run", "model=dit-tiny", "space=intervals", "trials=7", "name=dry") == 0
     out = capsys.readouterr().out
     assert "n_trials: 7" in out and "search_name: dry" in out and "eps_scale.value" in out
-    assert "objectives:\n  - fid\n  - macs" in out
+    assert "objectives:\n  - digits-native\n  - macs" in out
     assert not (tmp_path / "outputs").exists()
     with pytest.raises(SystemExit) as removed:  # the old spelling of name= had its release
         ebtune("search", "--dry-run", "model=dit-tiny", "space=intervals", "--name", "dry")
@@ -202,7 +205,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
         assert (run / name).is_file()
 
     pareto = json.loads((run / "pareto.json").read_text())
-    assert pareto["model"] == "dit-tiny" and pareto["steps"] == 10 and pareto["objectives"] == ["fid", "macs"]
+    assert pareto["model"] == "dit-tiny" and pareto["steps"] == 10 and pareto["objectives"] == ["digits-native", "macs"]
     names = [b["name"] for b in pareto["baselines"]]
     assert names[0] == "nocache" and {"fora2", "fora3", "ebcache-table"} <= set(names)
     assert any(n.startswith("ddpm-") for n in names)
@@ -211,7 +214,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert pareto["points"]
     for point in pareto["points"]:
         assert {"number", "params", "metrics", "schedule_file", "mlflow_run_id"} <= set(point)
-        assert {"fid", "macs", "speedup", "latency_s", "latency_speedup", "distance", "accuracy"} <= set(point["metrics"])
+        assert {"digits-native", "macs", "speedup", "latency_s", "latency_speedup", "distance", "accuracy"} <= set(point["metrics"])
         file = load_schedule_file(run / point["schedule_file"])
         assert file.provenance["mlflow_run_id"] == point["mlflow_run_id"]
         assert file.provenance["metrics"]["evaluator"] == "digits-native" and file.provenance["metrics"]["n_samples"] == 20
@@ -228,7 +231,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert len(children) == 3 and all(c.data.tags["mlflow.parentRunId"] == pointer["parent_run_id"] for c in children)
     tagged = {int(c.data.tags["ebtune.trial"]) for c in children if c.data.tags["pareto_optimal"] == "true"}
     assert tagged == {p["number"] for p in pareto["points"]}
-    assert "baseline.fora2.fid" in parents[0].data.metrics
+    assert "baseline.fora2.digits-native" in parents[0].data.metrics
 
     # Export by MLflow run id: a trial's run gives that trial, the search's run its knee.
     child = next(c for c in children if c.data.tags["ebtune.trial"] == "1")
@@ -242,8 +245,8 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     # Plain Optuna (and optuna-dashboard) sees the objectives by name and each metric as its own attribute.
-    assert study.metric_names == ["fid", "macs"]
-    assert all(t.user_attrs["fid"] == t.user_attrs["metrics"]["fid"] == t.values[0] for t in study.trials)
+    assert study.metric_names == ["digits-native", "macs"]
+    assert all(t.user_attrs["digits-native"] == t.user_attrs["metrics"]["digits-native"] == t.values[0] for t in study.trials)
     assert all((run / t.user_attrs["schedule_file"]).is_file() for t in study.trials)
     seeds = load_space("intervals").seeds
     assert [t.params for t in study.trials[:len(seeds)]] == [dict(s) for s in seeds]  # seeds go first

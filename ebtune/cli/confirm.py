@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
     views = folder_views(Path(args.folder))
-    cfg = compose(search_overrides(views.study.user_attrs["search"], n, given.get("seed")), config_name="search")
+    overrides = search_overrides(views.study.user_attrs["search"], n, given.get("seed"))
+    if "quality_evaluator" in views.meta:  # the search's quality metric, when it was not the model's default
+        overrides.append(f"model.fid={views.meta['quality_evaluator']}")
+    cfg = compose(overrides, config_name="search")
     result = confirm(views, cfg)
     views.record_confirmation(result)
     for trial, beaten in result["dominates"].items():

@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="search folder or MLflow run id")
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--knee", action="store_true", help="the knee of the front (default)")
-    pick.add_argument("--max-fid", type=float, metavar="X", help="the fastest point with FID <= X")
-    pick.add_argument("--min-speedup", type=float, metavar="Y", help="the best-FID point with speedup >= Y")
+    pick.add_argument("--quality", type=float, metavar="X", help="the fastest point whose quality metric is X or "
+                      "better (<= X for a lower-is-better metric such as fid, >= X for a higher-is-better one)")
+    pick.add_argument("--min-speedup", type=float, metavar="Y", help="the best-quality point with speedup >= Y")
     p.add_argument("--out", default="schedule.json", metavar="FILE", help="where to write (default: schedule.json)")
     p.set_defaults(run=run_export)
 
@@ -68,7 +69,7 @@ def _from_study(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     record = SearchRecord(load_folder_study(folder))
     objectives = record.objectives
-    return {**record.meta, "objectives": objectives}, record.front(objectives, record.constraints)
+    return {**record.meta, "quality": record.quality, "objectives": objectives}, record.front(objectives, record.constraints)
 
 
 def _from_run(run_id: str, uri: str) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
@@ -99,47 +100,52 @@ def _from_run(run_id: str, uri: str) -> tuple[Path, dict[str, Any], list[dict[st
     return folder, data, [point]
 
 
-def choose(points: list[dict[str, Any]], objectives: list[str], max_fid: float | None, min_speedup: float | None) -> dict[str, Any]:
-    """The knee by default; with a bound, the best point on the other axis that meets it."""
-    from ebtune.search.pareto import knee
+def choose(points: list[dict[str, Any]], objectives: list[str], quality: str, bound: float | None,
+           min_speedup: float | None) -> dict[str, Any]:
+    """The knee by default; with a bound (on the quality metric `quality`, or on the speedup), the best
+    point on the other axis that meets it."""
+    from ebtune.search.pareto import direction, knee
 
-    if max_fid is not None:
-        ok = [p for p in points if p["metrics"]["fid"] <= max_fid]
+    sign = 1.0 if direction(quality) == "minimize" else -1.0  # sign * value: lower is better
+    if bound is not None:
+        ok = [p for p in points if sign * p["metrics"][quality] <= sign * bound]
         if not ok:
-            best = min(p["metrics"]["fid"] for p in points)
-            raise ConfigError(f"no Pareto point has FID <= {max_fid} (best is {best:.3g}); raise --max-fid")
+            best = min((p["metrics"][quality] for p in points), key=lambda v: sign * v)
+            word = "<=" if sign > 0 else ">="
+            raise ConfigError(f"no Pareto point has {quality} {word} {bound:g} (best is {best:.3g}); relax --quality")
         return max(ok, key=lambda p: p["metrics"]["speedup"])
     if min_speedup is not None:
         ok = [p for p in points if p["metrics"]["speedup"] >= min_speedup]
         if not ok:
             best = max(p["metrics"]["speedup"] for p in points)
             raise ConfigError(f"no Pareto point reaches speedup {min_speedup} (best is {best:.3g}x); lower --min-speedup")
-        return min(ok, key=lambda p: p["metrics"]["fid"])
+        return min(ok, key=lambda p: sign * p["metrics"][quality])
     return points[knee([p["metrics"] for p in points], objectives)]
 
 
 def run_export(args: argparse.Namespace) -> int:
     folder, data, points = load_front(args.source, args.overrides)
-    point = choose(points, data.get("objectives", ["fid", "macs"]), args.max_fid, args.min_speedup)
+    quality = data["quality"]
+    point = choose(points, data["objectives"], quality, args.quality, args.min_speedup)
     try:
         file = load_schedule_file(folder / point["schedule_file"])
     except ScheduleFileError as e:
         raise ConfigError(f"{e}") from None
-    how = f"max_fid={args.max_fid}" if args.max_fid is not None else f"min_speedup={args.min_speedup}" if args.min_speedup is not None else "knee"
+    how = f"quality={args.quality:g}" if args.quality is not None else f"min_speedup={args.min_speedup}" if args.min_speedup is not None else "knee"
     provenance = {**file.provenance, "exported": {"from": str(folder.resolve()), "trial": point.get("number"), "choice": how,
                                                    "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dataclasses.replace(file, provenance=provenance).save(out)
     m = point["metrics"]
-    print(f"exported trial {point.get('number')} ({how}): FID {m.get('fid', float('nan')):.3f}, "
+    print(f"exported trial {point.get('number')} ({how}): {quality} {m.get(quality, float('nan')):.3f}, "
           f"speedup {m.get('speedup', float('nan')):.2f}x -> {out}")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     folder, data, points = load_front(args.source, args.overrides, "schedules list")
-    cols = ["fid", "speedup", "macs", "latency_s", "distance", "accuracy"]
+    cols = [data["quality"], "speedup", "macs", "latency_s", "distance", "accuracy"]
     sampler = data.get("sampler", {})
     print(f"Pareto front of {folder} ({data.get('model')}, {sampler.get('name') if isinstance(sampler, dict) else sampler}, {data.get('steps')} steps, "
           f"objectives {', '.join(data.get('objectives', []))})")

@@ -20,7 +20,7 @@ DESCRIPTION = (
     "Overrides: model=, steps=, sampler=ddpm|ddim|dpmpp-2m|dpmpp-3m, cfg_scale=, trials=N, "
     "space=ebcache|intervals|block-groups|forecast|joint (or a .yaml path), search.baseline_samplers=auto|[ddim,...], launcher=local|ray, ray.address=auto (joins a running cluster; implies launcher=ray), "
     "ray.cpus_per_trial=, ray.gpus_per_trial=, ray.max_concurrent=, threads=, metric.n_samples=, metric.batch_size=, "
-    "search.sampler=tpe|nsga2|gp|random, search.objectives=[fid,macs], search.constraints=['fid <= nocache + 0.5'], "
+    "search.sampler=tpe|nsga2|gp|random, search.objectives=[quality,macs], search.constraints=['quality <= nocache + 0.5'], "
     "tracking.uri=, name=NAME (the Optuna study and MLflow parent run; the same name and folder resume), "
     "out=DIR (default outputs/search/<name>/), device=, seed=."
 )

@@ -1,7 +1,7 @@
-"""The digits' FID feature network: a small CNN classifier for 16×16 grey digits.
+"""The digits' Fréchet-distance feature network: a small CNN classifier for 16×16 grey digits.
 
 Its penultimate layer (64-d, after BatchNorm and ReLU, like Inception's pool3) is the feature space of the
-`digits` FID (`ebtune.metrics.fid.DigitsFID`); its logits give the share of generated samples
+`digits` Fréchet distance (`ebtune.metrics.fid.DigitsFD`, metric "digits-fd"); its logits give the share of generated samples
 classified as their conditioning label. `build_shipped_files` reproduces both shipped files:
 the classifier weights and the mean/covariance of the real train split's features.
 """

@@ -26,14 +26,8 @@ import torch.nn.functional as F
 
 from ebtune.core.uint8 import to_uint8
 from ebtune.default import data
-from ebtune.metrics.fid import (
-    FIDEvaluator,
-    Statistics,
-    _moments,
-    bootstrap_draws,
-    check_images,
-    frechet_distance,
-)
+from ebtune.metrics.base import bootstrap_draws, check_images
+from ebtune.metrics.frechet import FrechetMetric, Statistics, frechet_distance, moments
 
 DIGIT_UNITS = 16.0 / 255.0  # uint8 → scikit-learn digit units (0..16)
 NATIVE = 8
@@ -67,19 +61,19 @@ def off_range_energy(images: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _train_statistics() -> Statistics:
     x_train = data.load_digits_split()[0]
-    return _moments(torch.from_numpy(native_pixels(to_uint8(x_train))))
+    return moments(torch.from_numpy(native_pixels(to_uint8(x_train))))
 
 
-class DigitsNativeFD(FIDEvaluator):
+class DigitsNativeFD(FrechetMetric):
     """The score in the module docstring, against the real train split (computed from the data on
-    first use; nothing is shipped). Registered as "digits-native", dit-tiny's default."""
+    first use; nothing is shipped) unless `reference_npz` names other statistics of `native_pixels`.
+    Registered as "digits-native", dit-tiny's default, and reported under that name: it is a
+    Fréchet distance plus an energy term, not an FID."""
+
+    name = "digits-native"
 
     def __init__(self, reference_npz: str | None = None):
         super().__init__(reference_npz)
-
-    @property
-    def name(self) -> str:
-        return "digits-native"
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return native_pixels(images)
@@ -87,13 +81,11 @@ class DigitsNativeFD(FIDEvaluator):
     def reference_statistics(self) -> Statistics:
         return super().reference_statistics() if self.reference_npz is not None else _train_statistics()
 
-    def fid(self, images: np.ndarray) -> float:
-        return self.score(images)[0]
     def score_draws(self, images: np.ndarray, bootstrap: int, seed: int) -> tuple[float, np.ndarray]:
-        """Both terms on the same resampled images (see `FIDEvaluator.score_draws`)."""
+        """Both terms on the same resampled images (see `Metric.score_draws`)."""
         reference = self.reference_statistics()
         feats, energy = torch.from_numpy(self.features(images)), torch.from_numpy(off_range_energy(images))
         if len(feats) < 2:
-            raise ValueError(f"digits-native needs at least 2 images to estimate a covariance, got {len(feats)}")
+            raise ValueError(f"{self.name} needs at least 2 images to estimate a covariance, got {len(feats)}")
         return bootstrap_draws(len(feats), bootstrap, seed,
-                               lambda idx: frechet_distance(_moments(feats[idx]), reference) + float(energy[idx].mean()))
+                               lambda idx: frechet_distance(moments(feats[idx]), reference) + float(energy[idx].mean()))

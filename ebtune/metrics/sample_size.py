@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ebtune.metrics.fid import Statistics
+from ebtune.metrics.frechet import Statistics
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 A baseline's outcome is a function of the model's weights and decoder, the sampler and its step
 count, the schedule (masks, predictors, ε factors), the guidance, the seeds, labels, image count and
 batch size, the quality metric with its bootstrap and first-fidelity sizes, the device kind and the
-ebtune version. `outcome_key` hashes all of them (the weights by their bytes), so a change to any one
-misses the store and the baseline is evaluated afresh; searches of the same model, sampler, steps,
+ebtune version; the metric by its registry name, reference and the name it reports under (an outcome
+stored before metrics had names of their own keeps its quality under "fid": it misses). `outcome_key`
+hashes all of them (the weights by their bytes), so a change to any one misses the store and the
+baseline is evaluated afresh; searches of the same model, sampler, steps,
 seeds and n share their baselines. The latency stored with an outcome is the one measured when it was
 stored. `search.baseline_cache` names the folder (null: no store).
 """
@@ -48,7 +50,7 @@ def outcome_key(evaluator: Evaluator, schedule: Schedule, sampler: Sampler) -> s
     spec = evaluator.spec
     what = {
         "ebtune": __version__, "weights": _model_digest(evaluator.loaded.model), "arch": spec.arch,
-        "decoder": [spec.decoder, spec.vae], "quality": [spec.fid, spec.fid_reference],
+        "decoder": [spec.decoder, spec.vae], "quality": [spec.fid, spec.fid_reference, evaluator.metric.name],
         "schedule": repr((schedule.attn, schedule.mlp, schedule.eps_scale, schedule.attn_predictor,
                           schedule.mlp_predictor)),
         "sampler": [sampler.step.name, vars(sampler.step), sampler.steps, repr(sampler.guidance)],

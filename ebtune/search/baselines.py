@@ -35,7 +35,7 @@ from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 from ebtune.search.baseline_cache import BaselineCache
 from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
-from ebtune.search.halving import ProxyRule
+from ebtune.search.halving import ProxyRule, sign_of
 from ebtune.search.space import SearchSpace
 
 NO_CACHE = "nocache"
@@ -158,7 +158,7 @@ def evaluate_baselines(
                     f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
                 progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} "
                          f"images){left}")
-            gate = None if reference is None or base.name in protected else _rule(base, results)
+            gate = None if reference is None or base.name in protected else _rule(base, results, evaluator)
             outcome = _evaluate(evaluator, schedule, reference, sampler, gate)
             done_macs += macs
             if cache is not None and not outcome.pruned:
@@ -172,10 +172,11 @@ def evaluate_baselines(
     return results, reference
 
 
-def _rule(base: Baseline, evaluated: list[tuple[Baseline, Outcome]]) -> ProxyRule:
+def _rule(base: Baseline, evaluated: list[tuple[Baseline, Outcome]], evaluator: Evaluator) -> ProxyRule:
     """Whom `base` faces at its rungs: every evaluated baseline, or, when `base` caches nothing, the
     evaluated baselines that cache nothing (so the strongest uncached schedule is never stopped by a cache)."""
-    return ProxyRule(tuple((o.metrics["macs"], o.rungs) for b, o in evaluated if base.caches or not b.caches))
+    return ProxyRule(tuple((o.metrics["macs"], o.rungs) for b, o in evaluated if base.caches or not b.caches),
+                     sign_of(evaluator.metric.direction))
 
 
 def _evaluate(evaluator: Evaluator, schedule: Schedule, reference: Reference | None, sampler: Sampler,

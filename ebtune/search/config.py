@@ -21,6 +21,7 @@ from typing import Any, List, Mapping, Optional, TypeVar
 import torch
 
 from ebtune.errors import ConfigError
+from ebtune.metrics.registry import quality_name
 from ebtune.run.factory import model_spec, resolve_device, resolve_threads, sampler_from
 from ebtune.run.loading import ModelSpec
 from ebtune.sampling.samplers import SAMPLER_STEPS, Sampler
@@ -217,12 +218,12 @@ class SearchConfig:
         resolve_threads(cfg["threads"])  # a bad value fails here, before any file is written
         check_sampler(cfg["search"])  # a bad search.sampler fails before study.db is created
         _check_metric(metric, cfg["metric"], spec.decoder)
-        name = _name(cfg, spec.name, space.name)
+        name, quality = _name(cfg, spec.name, space.name), quality_name(spec.fid)
         return cls(
             cfg=cfg, name=name, folder=Path(cfg["out"] or Path("outputs") / "search" / name).absolute(),
             space=space, model=spec, sampler=sampler, device=device,
-            objectives=tuple(_objectives(search.objectives, device.type, spec.decoder)),
-            constraints=tuple(Constraint.parse(c) for c in search.constraints), **sections)
+            objectives=tuple(_objectives(search.objectives, device.type, spec.decoder, quality)),
+            constraints=tuple(Constraint.parse(c, quality) for c in search.constraints), **sections)
 
 
 def _check_numbers(cfg: Mapping[str, Any]) -> None:
@@ -269,8 +270,8 @@ def _name(cfg: Mapping[str, Any], model: str, space: str) -> str:
     return name
 
 
-def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
-    names = objective_names(value, device_type)
+def _objectives(value: Any, device_type: str, decoder: str, quality: str) -> list[str]:
+    names = objective_names(value, device_type, quality)
     if value == "auto":
         return names
     for name in names:
@@ -278,5 +279,5 @@ def _objectives(value: Any, device_type: str, decoder: str) -> list[str]:
     if "accuracy" in names and decoder != "digits":
         raise ConfigError("objective 'accuracy' needs the digits classifier (model=dit-tiny); drop it for this model")
     if len(names) < 2 or len(set(names)) != len(names):
-        raise ConfigError(f"search.objectives={names}; give at least two different metrics, e.g. [fid,macs]")
+        raise ConfigError(f"search.objectives={names}; give at least two different metrics, e.g. [quality,macs]")
     return names

@@ -1,7 +1,7 @@
 """Confirm a search's front with more images: re-score the front and the baselines on one larger set.
 
-A search ranks schedules on a cheap proxy (a few hundred images); FID from few images is noisy, so
-the field's practice is to confirm the final Pareto set at a larger size. This re-evaluates every
+A search ranks schedules on a cheap proxy (a few hundred images); a quality metric from few images
+is noisy (FID's is), so the field's practice is to confirm the final Pareto set at a larger size. This re-evaluates every
 front point and every baseline with `n_samples` images under the search's own settings (model,
 sampler, steps, guidance, seed, class-balanced labels) and reports which front points still
 dominate which baselines. The front and the baselines are read from the study, and the result is
@@ -18,7 +18,7 @@ from ebtune.run.factory import resolve_device
 from ebtune.search.baselines import NO_CACHE
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.pareto import DOMINATES, relation, std_key
-from ebtune.search.records import QUALITY_DRAWS, scored, shown
+from ebtune.search.records import LEGACY_QUALITY, QUALITY_DRAWS, scored, shown
 from ebtune.search.views import Views
 
 
@@ -46,13 +46,30 @@ def search_overrides(settings: dict[str, Any], n_samples: int, seed: int | None 
     return overrides
 
 
+def as_stored(metrics: dict[str, float], name: str, key: str) -> dict[str, float]:
+    """`metrics` with the quality metric `name` (and its error) under `key`, the key the search's records
+    keep it under: the same name, or "fid" in a study written before metrics had names of their own.
+
+    Raises:
+        ConfigError: the search was scored by another quality metric.
+    """
+    if name == key:
+        return metrics
+    if key != LEGACY_QUALITY:
+        raise ConfigError(f"the search was scored by {key!r} and this confirmation by {name!r}; confirm with "
+                          f"the search's model.fid")
+    moved = {name: key, std_key(name): std_key(key)}
+    return {moved.get(k, k): v for k, v in metrics.items()}
+
+
 def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = print,
             only: set[str] | None = None) -> dict[str, Any]:
     """Re-score the front and the baselines of the search `views` shows, read from its study, under
     the resolved search config `cfg` (its `metric.n_samples` images from its seed; see
     `search_overrides`), or only the points and baselines named in `only` (no cache, the reference,
     always); writes `confirmed.json` in the search folder and returns it. Record it in
-    the study with `views.record_confirmation`. `relations` judge each front point against each
+    the study with `views.record_confirmation`. The quality metric is stored under the key the study
+    keeps it under (`as_stored`). `relations` judge each front point against each
     baseline with paired inference and the search's margin (`pareto.relation`); `dominates` lists
     the baselines each point dominates.
 
@@ -65,7 +82,7 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
     points = [p for p in views.front() if only is None or p["name"] in only]
     if not points:
         raise ConfigError(f"the search in {views.folder} has no front yet; run `ebtune search` on it first")
-    evaluator = Evaluator(cfg, resolve_device(cfg["device"]))
+    evaluator, q = Evaluator(cfg, resolve_device(cfg["device"])), views.quality
     baselines = [b for b in views.current_baselines() if only is None or b["name"] in only or b["name"] == NO_CACHE]
     entries = sorted(baselines, key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
     rows, reference = [], None
@@ -76,17 +93,17 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
         if entry["name"] == NO_CACHE:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         searched = entry.get("search_metrics", entry["metrics"])
-        rows.append({"name": entry["name"], "trial": entry.get("number"), "metrics": outcome.metrics,
+        m = as_stored(outcome.metrics, evaluator.metric.name, q)
+        rows.append({"name": entry["name"], "trial": entry.get("number"), "metrics": m,
                      "search_metrics": searched, QUALITY_DRAWS: list(outcome.quality_draws)})
-        m = outcome.metrics
-        log(f"confirm {entry['name']:>18}: fid {m['fid']:.4g} ± {m[std_key('fid')]:.2g} (search {searched['fid']:.4g})  "
+        log(f"confirm {entry['name']:>18}: {q} {m[q]:.4g} ± {m[std_key(q)]:.2g} (search {searched[q]:.4g})  "
             f"speedup {m['speedup']:.2f}x")
     objectives, margin = views.objectives, views.record.margin
     baselines = [r for r in rows if r["trial"] is None]
-    relations = {r["name"]: {b["name"]: relation(scored(r), scored(b), objectives, margin) for b in baselines}
+    relations = {r["name"]: {b["name"]: relation(scored(r, q), scored(b, q), objectives, margin) for b in baselines}
                  for r in rows if r["trial"] is not None}
     dominated = {name: [b for b, rel in rels.items() if rel == DOMINATES] for name, rels in relations.items()}
-    result = {"n_samples": n_samples, "seed": int(cfg["seed"]), "evaluator": evaluator.fid.name, "objectives": objectives,
-              "margin": margin, "rows": rows, "dominates": dominated, "relations": relations}
+    result = {"n_samples": n_samples, "seed": int(cfg["seed"]), "evaluator": evaluator.spec.fid, "quality": q,
+              "objectives": objectives, "margin": margin, "rows": rows, "dominates": dominated, "relations": relations}
     write_json(views.folder / "confirmed.json", {**result, "rows": [shown(r) for r in rows]})
     return result

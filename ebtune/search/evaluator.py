@@ -19,14 +19,15 @@ ranked or constrained, at least `LATENCY_PAIRS` and then more until the median's
 within `LATENCY_REL_ERROR` of it (or the timed batches run out), and one pair when latency is only
 reported. Reported metrics (see `pareto.DIRECTIONS`):
 
-- fid: the model's FID evaluator (`model.fid`) against its reference statistics, and fid_std, its
-  standard error from `metric.bootstrap` resamples of the images (dominance is judged beyond it);
+- the quality metric (`model.fid`, an `ebtune.metrics.base.Metric`) under its own name, e.g. `fid`
+  (Inception FID) or `digits-native` (dit-tiny), and `<name>_std`, its standard error from
+  `metric.bootstrap` resamples of the images (dominance is judged beyond it);
 - accuracy: share of images the digits classifier assigns to their label (digits models only);
 - macs: exact MACs per image (`LoadedModel.macs`, counted by the model family); speedup: no-cache MACs at the search's
   step count over `macs` (MAC-ideal); latency_s and latency_speedup (no-cache latency over it,
   paired as above);
 - distance: RMS difference of the final latents to the uncached run from the same noise;
-- fid_proxy (and its error): the quality metric on the first `metric.n_proxy` images; with the same
+- quality_proxy (and its error): the quality metric on the first `metric.n_proxy` images; with the same
   metric on the first 2, 4, ... × n_proxy images below n_samples these are the rungs of successive
   halving over images: at each rung a gate may stop a hopeless trial (see `evaluate`); images: how
   many images the evaluation sampled (its cost is images × macs).
@@ -45,7 +46,7 @@ import torch
 from ebtune.cache.engine import CachedModel
 from ebtune.core.schedule import Schedule, no_cache
 from ebtune.errors import ConfigError
-from ebtune.metrics.fid import draws_std
+from ebtune.metrics.base import Metric, draws_std
 from ebtune.run.factory import model_spec, sampler_from
 from ebtune.run.generate import class_balanced_labels, generate
 from ebtune.run.loading import load_model
@@ -89,11 +90,11 @@ class TrialPruned(RuntimeError):
     """A rung of successive halving showed that a trial cannot reach the front; `metrics` are that rung's."""
 
     def __init__(self, metrics: dict[str, float], rungs: tuple["Rung", ...] = ()):
-        super().__init__(f"pruned after {int(metrics['images'])} images: fid_proxy {metrics['fid_proxy']:.4g}")
+        super().__init__(f"pruned after {int(metrics['images'])} images: quality_proxy {metrics['quality_proxy']:.4g}")
         self.metrics, self.rungs = metrics, rungs
 
 
-# A rung's metrics (fid_proxy, its error, macs, images sampled, proxy_images: the rung) and its bootstrap
+# A rung's metrics (quality_proxy, its error, macs, images sampled, proxy_images: the rung) and its bootstrap
 # draws → whether the evaluation goes on.
 Gate = Callable[[dict[str, float], list[float]], bool]
 
@@ -131,8 +132,9 @@ class Outcome:
     latents: np.ndarray
     grid: np.ndarray  # uint8 n×h×w×c, n ≤ GRID_IMAGES
     rungs: tuple[Rung, ...] = ()  # the quality metric on the first n_proxy, 2 n_proxy, ... images
-    # fid on the `metric.bootstrap` resamples of all the images: the same indices for every evaluation of a
-    # search, so two outcomes' draws give the paired error of their difference (`inference.paired_difference`)
+    # the quality metric on the `metric.bootstrap` resamples of all the images: the same indices for every
+    # evaluation of a search, so two outcomes' draws give the paired error of their difference
+    # (`inference.paired_difference`)
     quality_draws: tuple[float, ...] = ()
     pruned: bool = False  # stopped at a rung: `metrics` are that rung's, latents and grid are empty
 
@@ -179,15 +181,15 @@ def latency_pairs(metric: Mapping[str, Any], ranked: bool = True) -> tuple[int, 
 
 
 class Evaluator:
-    """The model, sampler, labels and FID evaluator of one search, loaded once per process.
+    """The model, sampler, labels and quality metric of one search, loaded once per process.
 
     Args:
         cfg: the resolved search config (plain dict): model, sampler, steps, cfg_scale, seed, metric.
-        device: where to sample; the FID feature network picks CUDA when it is visible.
+        device: where to sample; a metric's feature network picks CUDA when it is visible.
     """
 
     def __init__(self, cfg: Mapping[str, Any], device: torch.device | str):
-        from ebtune.metrics.registry import make_fid
+        from ebtune.metrics.registry import make_metric
 
         self.spec = model_spec(cfg["model"])
         self.device = torch.device(device)
@@ -205,7 +207,7 @@ class Evaluator:
         self.bootstrap = int(metric["bootstrap"])
         self.n_proxy = min(int(metric["n_proxy"]), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
-        self.fid = make_fid(self.spec.fid, **({"reference_npz": self.spec.fid_reference} if self.spec.fid_reference else {}))
+        self.metric: Metric = make_metric(self.spec.fid, self.spec.fid_reference or None)
         self.no_cache = no_cache(self.sampler.steps, self.loaded.config.depth)
         self.ref_macs = self.macs(self.no_cache, self.sampler)
 
@@ -247,7 +249,7 @@ class Evaluator:
             sampler: defaults to the search's; another step count for the fewer-steps baselines.
             gate: successive halving over images: at each rung (`rung_sizes`: the first
                 `metric.n_proxy` images, then twice as many, ... below n_samples) the quality on
-                those images (fid_proxy ± error) is computed and, if `gate` says so, the evaluation
+                those images (quality_proxy ± error) is computed and, if `gate` says so, the evaluation
                 stops there. Every rung's images are the first images of the full set, so going on
                 costs only the rest.
 
@@ -283,7 +285,7 @@ class Evaluator:
                 done = lo + len(out.labels)
                 for size in (s for s in self.rung_sizes if s <= done and s > (rungs[-1].images if rungs else 0)):
                     rungs.append(self._rung(np.concatenate(images), size))
-                    stage = {"fid_proxy": rungs[-1].value, std_key("fid_proxy"): draws_std(rungs[-1].draws),
+                    stage = {"quality_proxy": rungs[-1].value, std_key("quality_proxy"): draws_std(rungs[-1].draws),
                              "macs": macs, "images": float(done), "proxy_images": float(size)}
                     proxy = proxy or stage  # the first rung's stay in the metrics of a finished evaluation
                     if gate is not None and done < self.n_samples and not gate(stage, list(rungs[-1].draws)):
@@ -302,7 +304,7 @@ class Evaluator:
         return tuple(sizes)
 
     def _rung(self, images: np.ndarray, size: int) -> Rung:
-        value, draws = self.fid.score_draws(images[:size], self.bootstrap, self.seed)
+        value, draws = self.metric.score_draws(images[:size], self.bootstrap, self.seed)
         return Rung(size, float(value), tuple(float(d) for d in draws))
 
     def _outcome(self, imgs: np.ndarray, final: torch.Tensor, macs: float, seconds: list[float], ratios: list[float],
@@ -315,12 +317,12 @@ class Evaluator:
         if not torch.isfinite(final).all():
             raise TrialError("the samples contain NaN or infinite values; this schedule diverges")
         latency = statistics.median(seconds)
-        fid, draws = self.fid.score_draws(imgs, self.bootstrap, self.seed)
+        quality, draws = self.metric.score_draws(imgs, self.bootstrap, self.seed)
         metrics = {
             **proxy,
             "images": float(len(imgs)),
-            "fid": fid,
-            std_key("fid"): draws_std(draws),
+            self.metric.name: quality,
+            std_key(self.metric.name): draws_std(draws),
             "macs": macs,
             "speedup": self.ref_macs / macs,
             "latency_s": latency,
@@ -345,7 +347,7 @@ class Evaluator:
     def provenance(self) -> dict[str, Any]:
         """How the metrics were measured, for schedule files and the MLflow parent run."""
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-        return {"fid_evaluator": self.fid.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
+        return {"evaluator": self.spec.fid, "metric": self.metric.name, "n_samples": self.n_samples, "seed": self.seed, "bootstrap": self.bootstrap,
                 "labels": "class-balanced", "latency": {"batch_size": self.batch, "warmup_batches": self.warmup,
                                                         "timed_batches": self.timed_batches,
                                                         "paired_batches": [self.pairs, self.max_pairs],

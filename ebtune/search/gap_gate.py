@@ -16,9 +16,9 @@ and a larger gap than b(t)). So the gap never decides alone:
 
 The rule (`gap_beaten`): a trial is stopped after its proxy images when an evaluated trial at the
 same step count that costs no more has a smaller gap beyond NOISE_Z paired standard errors *and* a
-fid_proxy no worse than the trial's. Noise: every evaluation resamples its proxy images with the
+quality_proxy no worse than the trial's. Noise: every evaluation resamples its proxy images with the
 same `metric.bootstrap` index sets (seeded by the search seed), so the error of a difference is the
-spread of the paired draws' differences, as for fid_proxy.
+spread of the paired draws' differences, as for quality_proxy.
 
 Only models with real data here (`ebtune.diagnostics.reference.real_latents`: dit-tiny) have ‖ε‖_i;
 `check_gap_prune` refuses `metric.gap_prune=true` for the others before anything is written.
@@ -46,7 +46,7 @@ class GapRecord:
     gap: float
     draws: tuple[float, ...]
     macs: float
-    fid_proxy: float
+    quality_proxy: float
     steps: int
 
     def to_attr(self) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class GapRecord:
 
     @classmethod
     def from_attr(cls, attr: Mapping[str, Any], metrics: Mapping[str, float]) -> "GapRecord":
-        return cls(float(attr["gap"]), tuple(attr["draws"]), float(metrics["macs"]), float(metrics["fid_proxy"]),
+        return cls(float(attr["gap"]), tuple(attr["draws"]), float(metrics["macs"]), float(metrics["quality_proxy"]),
                    int(attr["steps"]))
 
 
@@ -91,13 +91,13 @@ def gap_draws(norms: np.ndarray, reference: np.ndarray, bootstrap: int, seed: in
     return tuple(gap_statistic(norms[rng.integers(0, n, n)], reference) for _ in range(bootstrap))
 
 
-def gap_beaten(mine: GapRecord, known: Sequence[GapRecord], z: float = NOISE_Z) -> bool:
-    """True when some known point at the same step count, with macs ≤ mine and fid_proxy ≤ mine, has
+def gap_beaten(mine: GapRecord, known: Sequence[GapRecord], z: float = NOISE_Z, sign: float = 1.0) -> bool:
+    """True when some known point at the same step count, with macs ≤ mine and quality_proxy ≤ mine, has
     a gap smaller than mine by more than `z` paired standard errors (see the module docstring)."""
     theirs_ok = [k for k in known if k.steps == mine.steps and len(k.draws) == len(mine.draws) > 1]
     me = np.asarray(mine.draws)
     for k in theirs_ok:
-        if k.macs <= mine.macs and k.fid_proxy <= mine.fid_proxy:
+        if k.macs <= mine.macs and sign * k.quality_proxy <= sign * mine.quality_proxy:  # sign: the metric's direction
             spread = float(np.std(np.asarray(k.draws) - me, ddof=1))
             if k.gap - mine.gap < -z * spread:
                 return True
@@ -124,7 +124,7 @@ def known_records(trials: Sequence[Any]) -> list[GapRecord]:
     """Gap records of the completed trials that carry one (baselines are evaluated without a gate,
     so they carry none)."""
     return [GapRecord.from_attr(t.user_attrs[GAP_KEY], t.user_attrs["metrics"]) for t in trials
-            if GAP_KEY in t.user_attrs and "fid_proxy" in t.user_attrs.get("metrics", {})]
+            if GAP_KEY in t.user_attrs and "quality_proxy" in t.user_attrs.get("metrics", {})]
 
 
 class GapGate:
@@ -176,7 +176,7 @@ class GapGate:
             self._recorder.__exit__()  # the gap needs only the proxy images: the rest is sampled unobserved
             self.record = GapRecord(gap_statistic(norms, self.reference),
                                     gap_draws(norms, self.reference, self.bootstrap, self.seed),
-                                    float(proxy["macs"]), float(proxy["fid_proxy"]), norms.shape[1])
+                                    float(proxy["macs"]), float(proxy["quality_proxy"]), norms.shape[1])
         proxy["eps_gap"] = self.record.gap
         keep = self.fid_keep(proxy, draws)
-        return keep and not gap_beaten(self.record, self.known)
+        return keep and not gap_beaten(self.record, self.known, sign=getattr(self.fid_keep, "sign", 1.0))

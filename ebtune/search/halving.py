@@ -30,20 +30,29 @@ class ProxyRule:
 
     Args:
         known: (macs, rungs) of every evaluated point with paired rung draws.
+        sign: +1 when the quality metric is lower-is-better, -1 when higher-is-better.
     """
 
     known: tuple[tuple[float, tuple[Rung, ...]], ...] = field(repr=False)
+    sign: float = 1.0
 
     @classmethod
-    def over(cls, points: Sequence[tuple[Mapping[str, float], Sequence[Mapping[str, Any]]]]) -> "ProxyRule":
-        """The rule over evaluated points given as (metrics, stored rungs) pairs."""
-        return cls(tuple((float(m["macs"]), tuple(Rung.from_attr(r) for r in rungs)) for m, rungs in points if rungs))
+    def over(cls, points: Sequence[tuple[Mapping[str, float], Sequence[Mapping[str, Any]]]],
+             direction: str = "minimize") -> "ProxyRule":
+        """The rule over evaluated points given as (metrics, stored rungs) pairs, for a metric with `direction`."""
+        return cls(tuple((float(m["macs"]), tuple(Rung.from_attr(r) for r in rungs)) for m, rungs in points if rungs),
+                   sign_of(direction))
 
     def __call__(self, proxy: dict[str, float], draws: list[float]) -> bool:
         size = int(proxy["proxy_images"])
         for macs, rungs in self.known:
             for rung in (r for r in rungs if r.images == size and macs <= proxy["macs"]):
-                d = paired_difference(rung.draws, draws, rung.value, proxy["fid_proxy"])  # < 0: the known is better
-                if d.paired and d.value < -NOISE_Z * d.se:
+                d = paired_difference(rung.draws, draws, rung.value, proxy["quality_proxy"])
+                if d.paired and self.sign * d.value < -NOISE_Z * d.se:  # the known point is better
                     return False
         return True
+
+
+def sign_of(direction: str) -> float:
+    """+1 for a lower-is-better metric, -1 for a higher-is-better one: sign × (theirs − mine) < 0 means theirs is better."""
+    return 1.0 if direction == "minimize" else -1.0

@@ -1,7 +1,7 @@
 """Paired inference on bootstrap draws: the error of a difference, equivalence, and a standing.
 
 Every evaluation of a search samples the same seeds and labels, and the quality metric resamples the
-same image indices for every image set of one size and seed (`FIDEvaluator.score_draws`), so draw k
+same image indices for every image set of one size and seed (`Metric.score_draws`), so draw k
 of two evaluations is computed on the same images. The standard error of a difference a − b is then
 the spread of the paired differences, std(draws_a − draws_b), which cancels what both share (the
 particular images drawn, the small-sample bias) and is far tighter than the combined independent
@@ -128,8 +128,8 @@ class Scored:
     """A point as inference judges it: a baseline or a trial of one search.
 
     Args:
-        metrics: every metric the evaluation reported (`pareto.DIRECTIONS`), errors as `<metric>_std`.
-        draws: per measured metric, its bootstrap draws (e.g. {"fid": Outcome.quality_draws}); a
+        metrics: every metric the evaluation reported (`pareto.direction`), errors as `<metric>_std`.
+        draws: per measured metric, its bootstrap draws (e.g. {"digits-native": Outcome.quality_draws}); a
             metric without draws falls back to its stored error (see `paired_difference`).
         name: how lines and records name the point ("nocache", "trial 7").
         params: the point's parameters; a baseline's `schedule` names its family ("none" = no cache).

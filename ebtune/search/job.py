@@ -88,7 +88,7 @@ class Job:
         known = [(b["metrics"], b.get(RUNGS, [])) for b in self.recorder.baselines]
         known += [(t.user_attrs["metrics"], t.user_attrs.get(RUNGS, [])) for t in self.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
-        rule = ProxyRule.over(known)
+        rule = ProxyRule.over(known, self.evaluator.metric.direction)
         if gap_enabled(self.cfg["metric"]):  # metric.gap_prune: the exposure-bias gap rule on top
             return GapGate.of_search(rule, self.study, self.evaluator)
         return rule

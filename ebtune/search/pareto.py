@@ -1,12 +1,15 @@
 """Pareto fronts over trial metrics: dominance, constraints and the knee point.
 
-Every metric a trial reports has one intrinsic direction (`DIRECTIONS`), so an objective is just a
-metric name. Points are metric mappings such as {"fid": 80.1, "macs": 6.1e8, ...}, or `inference.Scored`
-records that add the quality metric's bootstrap draws, so that differences get paired errors and
-`relation` can claim equivalence within a margin (`metric.margin`). Constraints are
-one-line strings, `metric <= bound` or `metric >= bound`, where bound is a number, a baseline name
-(that baseline's value of the same metric) or a baseline plus or minus a number:
-"fid <= nocache + 0.5", "speedup >= 1.3".
+Every metric a trial reports has one intrinsic direction, so an objective is just a metric name: the
+costs and extras in `DIRECTIONS`, and the quality metrics by their own names and directions
+(`ebtune.metrics.base.Metric`: "fid" for the Fréchet Inception Distance, "digits-native" for
+dit-tiny's score, ...). In `search.objectives` and `search.constraints`, `quality` stands for the
+search's quality metric (`resolve`). Points are metric mappings such as {"fid": 80.1, "macs": 6.1e8,
+...}, or `inference.Scored` records that add the quality metric's bootstrap draws, so that
+differences get paired errors and `relation` can claim equivalence within a margin (`metric.margin`).
+Constraints are one-line strings, `metric <= bound` or `metric >= bound`, where bound is a number, a
+baseline name (that baseline's value of the same metric) or a baseline plus or minus a number:
+"quality <= nocache + 0.5", "speedup >= 1.3".
 """
 from __future__ import annotations
 
@@ -46,32 +49,68 @@ _TABLE = {  # quality standing → cost side → relation (the table in `relatio
 }
 _CLASSIC = {"lower": DOMINATES, "same": EQUIVALENT, "higher": WORSE, "mixed": TRADE_OFF}  # no measured objective
 
+# The metrics every evaluation reports besides its quality metric, whose direction is its own.
 DIRECTIONS: dict[str, str] = {
-    "fid": "minimize",
     "macs": "minimize",  # per image
     "latency_s": "minimize",  # per timed batch
     "speedup": "maximize",  # MAC-ideal, versus no cache at the search's step count
     "latency_speedup": "maximize",
     "distance": "minimize",  # RMS to the uncached final latents from the same noise
     "accuracy": "maximize",  # share classified as their label (digits only)
-    "fid_proxy": "minimize",  # the quality metric on the first metric.n_proxy images (multi-fidelity)
+    "quality_proxy": "minimize",  # the quality metric on the first metric.n_proxy images (multi-fidelity)
     "images": "minimize",  # images sampled by the evaluation
 }
 
 
-def objective_names(value: Any, device_type: str) -> list[str]:
-    """`search.objectives` as a list: `auto` ranks quality against latency on CUDA and against MACs
-    elsewhere (CPU wall time is too noisy to rank by)."""
-    if value == "auto":
-        return ["fid", "latency_s" if device_type == "cuda" else "macs"]
-    return [value] if isinstance(value, str) else list(value)
+# In search.objectives and search.constraints: the search's quality metric, whatever its name.
+QUALITY = "quality"
+
+
+def objective_names(value: Any, device_type: str, quality: str | None = None) -> list[str]:
+    """`search.objectives` as a list of metric names: `auto` ranks quality against latency on CUDA and
+    against MACs elsewhere (CPU wall time is too noisy to rank by).
+
+    Args:
+        quality: the name of the search's quality metric (`ebtune.metrics.registry.quality_name`):
+            `quality` resolves to it, and naming another quality metric is an error (`resolve`).
+            None: the names as given, `auto`'s quality left as `quality` (enough to tell whether a
+            search ranks by latency).
+    """
+    names = [quality or QUALITY, "latency_s" if device_type == "cuda" else "macs"] if value == "auto" else (
+        [value] if isinstance(value, str) else list(value))
+    return names if quality is None else [resolve(str(n), quality) for n in names]
+
+
+def _quality_directions() -> dict[str, str]:
+    from ebtune.metrics.registry import metric_directions  # torch-fidelity and the metric modules, on first use
+
+    return metric_directions()
+
+
+def resolve(metric: str, quality: str) -> str:
+    """`metric` as a search whose quality metric is `quality` reports it: `quality` → `quality`'s name.
+
+    Raises:
+        ConfigError: `metric` names a quality metric this search does not measure (e.g. "fid", the
+            Fréchet Inception Distance, in a search scored by "digits-native").
+    """
+    if metric == QUALITY:
+        return quality
+    if metric != quality and metric not in DIRECTIONS and metric in _quality_directions():
+        raise ConfigError(f"{metric!r} is not measured by this search: its quality metric is {quality!r} "
+                          f"(model.fid); write {QUALITY!r} or {quality!r} instead")
+    return metric
 
 
 def direction(metric: str) -> str:
-    """"minimize" or "maximize"; raises `ConfigError` for an unknown metric."""
-    if metric not in DIRECTIONS:
-        raise ConfigError(f"unknown metric {metric!r}; choose from: {', '.join(DIRECTIONS)}")
-    return DIRECTIONS[metric]
+    """"minimize" or "maximize" (a quality metric's own, `Metric.direction`); raises `ConfigError`
+    for an unknown metric."""
+    if metric in DIRECTIONS:
+        return DIRECTIONS[metric]
+    known = _quality_directions()
+    if metric not in known:
+        raise ConfigError(f"unknown metric {metric!r}; choose from: {', '.join([QUALITY, *known, *DIRECTIONS])}")
+    return known[metric]
 
 
 def _cost(metrics: Metrics, metric: str) -> float:
@@ -81,7 +120,8 @@ def _cost(metrics: Metrics, metric: str) -> float:
 
 
 def std_key(metric: str) -> str:
-    """Where a measured metric keeps its standard error (bootstrap over images): e.g. `fid_std`."""
+    """Where a measured metric keeps its standard error (bootstrap over images): e.g. `fid_std`,
+    `digits-native_std`."""
     return f"{metric}_std"
 
 
@@ -220,16 +260,22 @@ class Constraint:
     baseline: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Constraint":
-        """Parse "fid <= nocache + 0.5", "speedup >= 1.3" (spaces around the operators are required).
+    def parse(cls, text: str, quality: str | None = None) -> "Constraint":
+        """Parse "quality <= nocache + 0.5", "speedup >= 1.3" (spaces around the operators are required).
+
+        Args:
+            quality: the search's quality metric: `quality` resolves to it (`resolve`); None for a
+                constraint as a study stored it (already resolved).
 
         Raises:
             ConfigError: the text does not follow the grammar or names an unknown metric.
         """
         tokens = str(text).split()
-        bad = ConfigError(f"cannot parse constraint {text!r}; write e.g. 'fid <= nocache + 0.5' or 'speedup >= 1.3'")
+        bad = ConfigError(f"cannot parse constraint {text!r}; write e.g. 'quality <= nocache + 0.5' or 'speedup >= 1.3'")
         if len(tokens) not in (3, 5) or tokens[1] not in ("<=", ">="):
             raise bad
+        if quality is not None:
+            tokens[0] = resolve(tokens[0], quality)
         direction(tokens[0])
         rhs = tokens[2:]
         try:

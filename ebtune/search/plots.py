@@ -1,25 +1,27 @@
 """Pareto plots of a search: every trial, the front and the baselines on the same two objective axes.
 
 Each point is a record dict as the search reports it: ``{"number": 7, "name": "trial-0007", "params": {...},
-"metrics": {"fid": 12.3, "macs": 1.1e9, ...}}`` (baselines carry a ``name`` such as ``"fora2"`` and no number).
-A record lacking a finite value for either axis (a failed trial, an objective not measured) is not drawn.
-Both writers are pure functions of their inputs: they read the records, never mutate them, and write one file.
-Axes carry their units (`axis`): MACs are shown in GMACs per image, the quality metric names its evaluator and
-image count when given (`quality="digits-native, 256 images"`). `write_pareto_plots` writes both files into a
+"metrics": {"digits-native": 12.3, "macs": 1.1e9, ...}}`` (baselines carry a ``name`` such as ``"fora2"`` and
+no number). A record lacking a finite value for either axis (a failed trial, an objective not measured) is not
+drawn. Both writers are pure functions of their inputs: they read the records, never mutate them, and write one
+file. Axes carry their units (`axis`): MACs are shown in GMACs per image; the quality metric (`Quality`) names
+its evaluator and image count, and says "higher is better" when it is maximised. `write_pareto_plots` writes both files into a
 search folder, the HTML loading plotly.js from one `plotly.min.js` beside it instead of embedding 4.8 MB.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 Record = dict[str, Any]
 
-# metric → (axis label, factor from the stored value to the plotted one); the quality label is filled in by `axis`.
+# metric → (axis label, factor from the stored value to the plotted one); a metric not listed is labelled by its
+# name; the quality metric's measurement is added by `axis`.
 UNITS: dict[str, tuple[str, float]] = {
     "fid": ("FID", 1.0),
-    "fid_proxy": ("FID on the proxy images", 1.0),
+    "quality_proxy": ("quality metric on the proxy images", 1.0),
     "macs": ("GMACs per image", 1e-9),
     "latency_s": ("latency (s per timed batch)", 1.0),
     "speedup": ("MAC-ideal speedup vs no cache (x)", 1.0),
@@ -33,15 +35,30 @@ _OFFSETS = [(5, 4), (5, -10), (-5, 4), (-5, -10), (5, 14), (5, -20), (-5, 14), (
             (-12, 24), (-12, -30)]
 
 
-def axis(metric: str, quality: str | None = None) -> tuple[str, float]:
+@dataclass(frozen=True)
+class Quality:
+    """What the quality axis measures: the metric's key, its evaluator (`model.fid`), the image count
+    and the metric's direction."""
+
+    metric: str
+    evaluator: str
+    n_samples: int
+    direction: str = "minimize"
+
+    def __str__(self) -> str:
+        better = "; higher is better" if self.direction == "maximize" else ""
+        return f"{self.evaluator}, {self.n_samples} images{better}"
+
+
+def axis(metric: str, quality: Quality | None = None) -> tuple[str, float]:
     """(axis label with units, factor applied to the stored values) of `metric`.
 
     Args:
-        quality: what the quality metric was measured with, e.g. "digits-native, 256 images"; it is added
-            to the labels of fid and fid_proxy.
+        quality: what the quality metric is and how it was measured; added to the labels of that metric
+            and of its proxy, e.g. "FID (inception, 256 images)".
     """
     label, factor = UNITS.get(metric, (metric, 1.0))
-    if quality and metric in ("fid", "fid_proxy"):
+    if quality is not None and metric in (quality.metric, "quality_proxy"):
         label = f"{label} ({quality})"
     return label, factor
 
@@ -107,7 +124,7 @@ def _hover(record: Record) -> str:
 
 
 def pareto_figure_png(path: str | Path, trials: Sequence[Record], front: Sequence[Record],
-                      baselines: Sequence[Record], x: str, y: str, title: str = "", quality: str | None = None) -> Path:
+                      baselines: Sequence[Record], x: str, y: str, title: str = "", quality: Quality | None = None) -> Path:
     """Write a static Pareto plot (PNG) of ``y`` against ``x``.
 
     Args:
@@ -118,7 +135,7 @@ def pareto_figure_png(path: str | Path, trials: Sequence[Record], front: Sequenc
         baselines: reference schedules (no cache, FORA(n), fewer steps...), each a labelled black marker.
         x, y: metric names for the axes, normally the first two objectives.
         title: figure title.
-        quality: what the quality metric was measured with (see `axis`).
+        quality: the quality metric and how it was measured (see `axis`).
 
     Returns:
         ``path`` as a ``Path``.
@@ -151,7 +168,7 @@ def pareto_figure_png(path: str | Path, trials: Sequence[Record], front: Sequenc
 
 
 def pareto_figure_html(path: str | Path, trials: Sequence[Record], front: Sequence[Record],
-                       baselines: Sequence[Record], x: str, y: str, title: str = "", quality: str | None = None,
+                       baselines: Sequence[Record], x: str, y: str, title: str = "", quality: Quality | None = None,
                        plotlyjs: bool | str = True) -> Path:
     """Write the same Pareto plot as an interactive HTML page (plotly).
 
@@ -194,21 +211,16 @@ def pareto_figure_html(path: str | Path, trials: Sequence[Record], front: Sequen
     return path
 
 
-def quality_label(quality_evaluator: str, n_samples: int) -> str:
-    """What the quality axis measures, e.g. "digits-native, 256 images"."""
-    return f"{quality_evaluator}, {n_samples} images"
-
-
 def write_pareto_plots(folder: str | Path, trials: Sequence[Record], front: Sequence[Record],
-                       baselines: Sequence[Record], objectives: Sequence[str], quality_evaluator: str,
-                       n_samples: int, title: str = "") -> tuple[Path, Path]:
+                       baselines: Sequence[Record], objectives: Sequence[str], quality: Quality | None,
+                       title: str = "") -> tuple[Path, Path]:
     """Write ``pareto.png`` and ``pareto.html`` (with ``plotly.min.js`` beside it) into a search folder.
 
     Args:
         folder: the search folder (next to pareto.json).
         trials, front, baselines, title: as for :func:`pareto_figure_png`.
         objectives: the search's objectives; the first two are the axes.
-        quality_evaluator, n_samples: the quality metric's evaluator and image count, shown on its axis.
+        quality: the quality metric and how it was measured, shown on its axis.
 
     Returns:
         (the PNG, the HTML page).
@@ -216,7 +228,6 @@ def write_pareto_plots(folder: str | Path, trials: Sequence[Record], front: Sequ
     if len(objectives) < 2:
         raise ValueError(f"a Pareto plot needs two objectives, got {list(objectives)}; search with at least two")
     x, y = objectives[:2]
-    quality = quality_label(quality_evaluator, n_samples)
     folder = Path(folder)
     return (pareto_figure_png(folder / "pareto.png", trials, front, baselines, x, y, title, quality),
             pareto_figure_html(folder / "pareto.html", trials, front, baselines, x, y, title, quality, "directory"))

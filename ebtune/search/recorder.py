@@ -65,7 +65,7 @@ def pareto_meta(evaluator: Evaluator, space: SearchSpace) -> dict[str, Any]:
     """What pareto.json says about the search besides its points (also stored in the study for `ebtune sync`)."""
     return {"model": evaluator.spec.name, "steps": evaluator.sampler.steps,
             "sampler": sampler_info(evaluator, evaluator.sampler), "space": space.name,
-            "quality_evaluator": evaluator.fid.name, "n_samples": evaluator.n_samples}
+            "quality": evaluator.metric.name, "quality_evaluator": evaluator.spec.fid, "n_samples": evaluator.n_samples}
 
 
 class Recorder:
@@ -102,10 +102,10 @@ class Recorder:
         return self.evaluator.loaded.schedule_model()
 
     def _provenance(self, metrics: dict[str, float], run_id: str | None, trial: str) -> dict[str, Any]:
-        how = self.evaluator.provenance()
-        quality = {k: metrics[k] for k in ("fid", std_key("fid"), "accuracy", "distance") if k in metrics}
+        how, name = self.evaluator.provenance(), self.evaluator.metric.name
+        quality = {k: metrics[k] for k in (name, std_key(name), "accuracy", "distance") if k in metrics}
         return {
-            "metrics": {**quality, "evaluator": how["fid_evaluator"], "n_samples": how["n_samples"], "seed": how["seed"],
+            "metrics": {**quality, "evaluator": how["evaluator"], "n_samples": how["n_samples"], "seed": how["seed"],
                         "labels": how["labels"]},
             "macs": metrics["macs"], "speedup": metrics["speedup"],
             "latency": {"seconds": metrics["latency_s"], "speedup": metrics["latency_speedup"], **how["latency"]},
@@ -135,16 +135,16 @@ class Recorder:
                   "eps_scale": base.eps_scale["name"]}
         record = {"name": base.name, "params": params, "metrics": outcome.metrics,
                   RUNGS: [r.to_attr() for r in outcome.rungs], REUSED: reused}
-        m = outcome.metrics
+        m, quality = outcome.metrics, self.evaluator.metric.name
         if outcome.pruned:
             record[PRUNED] = True
             line = (f"stopped after {int(m['images'])} images (a baseline that costs no more is better there): "
-                    f"fid_proxy {m['fid_proxy']:.2f}")
+                    f"quality_proxy {m['quality_proxy']:.2f}")
         else:
             rel = self._save(f"baseline-{base.name}", schedule, sampler, base.eps_scale, params, m,
                              self.views.parent_run_id)
             record.update(schedule_file=rel, **{QUALITY_DRAWS: list(outcome.quality_draws)})
-            line = (f"fid {m['fid']:.2f}  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s"
+            line = (f"{quality} {m[quality]:.2f}  speedup {m['speedup']:.2f}x  latency {m['latency_s']:.3f}s"
                     + ("  (reused: an earlier search's evaluation)" if reused else ""))
         set_baseline(self.study, record)
         self.views.baseline(record)
@@ -188,7 +188,7 @@ class Recorder:
         elif state == "PRUNED":
             m = attrs["metrics"]
             self.log(f"[{self._count(front)}] {name} pruned after {int(m['images'])} images: "
-                     f"fid_proxy {m['fid_proxy']:.4g}  speedup {self.evaluator.ref_macs / m['macs']:.2f}x")
+                     f"quality_proxy {m['quality_proxy']:.4g}  speedup {self.evaluator.ref_macs / m['macs']:.2f}x")
         elif FAIL_REASON in attrs:
             self.log(f"[{self._count(front)}] {name} FAILED: {attrs[FAIL_REASON].strip().splitlines()[-1]}")
         else:

@@ -8,7 +8,9 @@ Study attributes:
 - `confirmed`: the front's confirmation (n_samples, seed, margin, trials' and baselines' metrics and
   quality draws), whichever command ran it; None or absent before one ran.
 - `tracking`, `mlflow_start`, `pareto_meta`: what `ebtune sync` needs to rebuild the views without a
-  model; `mlflow_run.<n>` and `mlflow_synced.<n>`: the MLflow view's progress per trial.
+  model (`pareto_meta["quality"]` names the quality metric; a study written before metrics had names
+  of their own lacks it, and its quality is under "fid", `LEGACY_QUALITY`); `mlflow_run.<n>` and
+  `mlflow_synced.<n>`: the MLflow view's progress per trial.
 - `calibrated_seed` (`ebtune.search.seeding`) and the gap records (`ebtune.search.gap_gate`).
 
 Trial attributes: `metrics` (every reported metric) and each metric on its own (for
@@ -29,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ebtune.search.inference import Scored
-from ebtune.search.pareto import Constraint, feasible_front
+from ebtune.search.pareto import DIRECTIONS, Constraint, feasible_front
 
 # study attributes
 SETTINGS = "search"
@@ -52,6 +54,9 @@ REUSED = "reused"  # a baseline record taken from an earlier search's identical 
 FAIL_REASON = "fail_reason"
 SESSION_ATTR = "ebtune.session"
 HEARTBEAT_ATTR = "ebtune.heartbeat"  # epoch seconds of a running trial's last heartbeat
+# Where studies and pareto.json files written before metrics had names of their own (ebtune main up to
+# 5382254) keep the quality metric, whichever it was (digits-native included).
+LEGACY_QUALITY = "fid"
 
 
 def trial_name(number: int) -> str:
@@ -149,6 +154,11 @@ class SearchRecord:
         return self.study.user_attrs[PARETO_META]
 
     @property
+    def quality(self) -> str:
+        """The key the search's quality metric is stored under (`quality_key`)."""
+        return quality_key(self.study.user_attrs.get(PARETO_META, {}))
+
+    @property
     def baselines(self) -> list[dict[str, Any]]:
         return list(self.study.user_attrs.get(BASELINES, []))
 
@@ -187,14 +197,42 @@ class SearchRecord:
                         QUALITY_DRAWS: confirmed.get("draws", {}).get(r["name"], [])}
                        for r in records if str(r["number"]) in confirmed["trials"]]
         baselines = {b["name"]: b["metrics"] for b in self.current_baselines()}
-        idx = feasible_front([scored(r) for r in records], objectives, constraints, baselines, self.margin)
+        quality = self.quality
+        idx = feasible_front([scored(r, quality) for r in records], objectives, constraints, baselines, self.margin)
         return [records[i] for i in idx]
 
 
-def scored(record: Mapping[str, Any]) -> Scored:
-    """A baseline or trial record as paired inference judges it: its metrics and quality draws."""
-    return Scored(record["metrics"], {"fid": tuple(record.get(QUALITY_DRAWS, ()))}, record["name"],
+def quality_key(meta: Mapping[str, Any]) -> str:
+    """The quality metric's key in a search's records, from what `pareto.json` (or the study's
+    `pareto_meta`) says about the search: its `quality`, or "fid" in files written before metrics
+    had names of their own."""
+    return str(meta.get("quality", LEGACY_QUALITY))
+
+
+def scored(record: Mapping[str, Any], quality: str) -> Scored:
+    """A baseline or trial record as paired inference judges it: its metrics and its draws of the
+    quality metric `quality`."""
+    return Scored(record["metrics"], {quality: tuple(record.get(QUALITY_DRAWS, ()))}, record["name"],
                   record.get("params", {}))
+
+
+def resume_refusal(name: str, stored: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
+    """The one line refusing to resume study `name` written before metrics had names of their own, or
+    None when that is not why its `stored` settings differ from `settings`.
+
+    Such a study keeps its quality metric under "fid" whichever metric it was (dit-tiny's digits-native
+    included), and its trials' metrics cannot be renamed in place; a search now reporting the metric
+    under its own name would mix both keys in one front.
+    """
+    old, new = list(stored.get("objectives", ())), list(settings.get("objectives", ()))
+    if LEGACY_QUALITY not in old or LEGACY_QUALITY in new or len(new) <= old.index(LEGACY_QUALITY):
+        return None
+    now = new[old.index(LEGACY_QUALITY)]
+    if now in DIRECTIONS:  # not a quality metric: the objectives changed, which the caller says
+        return None
+    return (f"search {name!r} was started by an ebtune that stored its quality metric as 'fid'; this version "
+            f"reports it as {now!r} and cannot resume that study: start a new search (another name= and out=); "
+            f"the old folder's pareto.json, `ebtune export`, `ebtune confirm` and `ebtune sync` still read it")
 
 
 def shown(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from ebtune.errors import ConfigError
 from ebtune.io.locks import file_lock
 from ebtune.registry import Registry
 from ebtune.search.pareto import direction
-from ebtune.search.records import FAIL_REASON, HEARTBEAT_ATTR, SEARCH_ID, SESSION_ATTR, SETTINGS
+from ebtune.search.records import FAIL_REASON, HEARTBEAT_ATTR, SEARCH_ID, SESSION_ATTR, SETTINGS, resume_refusal
 
 DB_NAME = "study.db"
 POINTER_NAME = "storage.json"
@@ -424,7 +424,8 @@ def open_study(folder: Path, url: str | None, name: str, objectives: Sequence[st
             study.set_user_attr(SETTINGS, dict(settings))
         elif stored != dict(settings):
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            raise ConfigError(f"search {name!r} was started with other settings ({', '.join(changed)}); "
+            raise ConfigError(resume_refusal(name, stored, settings) or
+                              f"search {name!r} was started with other settings ({', '.join(changed)}); "
                               f"resume it with the same settings or start a new search with name=")
         if study.metric_names != list(objectives):
             with quiet():

@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 
 from ebtune.io.locks import file_lock  # noqa: E402
-from ebtune.search.plots import pareto_figure_html, pareto_figure_png  # noqa: E402
+from ebtune.search.plots import Quality, pareto_figure_html, pareto_figure_png  # noqa: E402
 
 # The one store all searches share, under the directory ebtune runs in (as MLflow users expect).
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
@@ -323,7 +323,7 @@ class SearchTracker:
                 self._client.set_tag(run.info.run_id, PARETO_TAG, want)
 
     def finish(self, front: list[dict], baselines: list[dict], trials: list[dict], objectives: list[str],
-               status: str = "FINISHED", quality: str | None = None) -> None:
+               status: str = "FINISHED", quality: Quality | None = None) -> None:
         """Write the Pareto artifacts, bring the ``pareto_optimal`` tags in line with ``front`` and end the parent.
 
         Args:
@@ -332,7 +332,7 @@ class SearchTracker:
             trials: every trial (failed ones without finite metrics are not drawn).
             objectives: objective metric names; the plots use the first two as x and y.
             status: final parent status, ``FINISHED``, ``FAILED`` or ``KILLED``.
-            quality: the quality axis' evaluator and image count (e.g. "digits-native, 256 images").
+            quality: the quality metric, its evaluator and image count, for its axis (`plots.Quality`).
 
         Artifacts: ``pareto.png`` (matplotlib), ``pareto.html`` (plotly, self-contained), ``pareto.csv`` (the front).
         """

@@ -32,7 +32,8 @@ class Level:
     """One speed level: the best cached front point there against the strongest uncached baseline.
 
     `level` is the uncached baselines' speedup (None: faster than all of them, `baseline` None);
-    `difference` is point − baseline on the quality metric, < 0 = the point is better.
+    `difference` is point − baseline on the quality metric, in its units (< 0 = the point is better
+    for a minimised metric, > 0 for a maximised one); `standing` accounts for the direction.
     """
 
     level: float | None
@@ -80,7 +81,8 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """The `verdict` entry of pareto.json."""
         return {"recommended": None if self.recommended is None else self.recommended.name, "rule": self.rule,
-                "quality": self.quality, "margin": self.margin, "levels": [_level_dict(v) for v in self.levels]}
+                "quality": self.quality, "direction": direction(self.quality), "margin": self.margin,
+                "levels": [_level_dict(v) for v in self.levels]}
 
 
 def _num(value: float) -> str:
@@ -156,6 +158,7 @@ def verdict(front: Sequence[Scored], baselines: Sequence[Scored], objectives: Se
             levels.append(Level(level, point))
             continue
         base = _best(cheaper, quality)
-        d = difference(point, base, quality)
-        levels.append(Level(level, point, base, d, standing(d, margin)))
+        d = difference(point, base, quality)  # oriented: < 0 = the point is better
+        raw = d if direction(quality) == "minimize" else d.negated()
+        levels.append(Level(level, point, base, raw, standing(d, margin)))
     return Verdict(recommended, rule, quality, margin, tuple(levels))

@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ebtune.io.atomic import write_json
 from ebtune.io.locks import held
-from ebtune.search.pareto import Constraint, relation
-from ebtune.search.plots import quality_label, write_pareto_plots
+from ebtune.search.pareto import Constraint, direction, relation
+from ebtune.search.plots import Quality, write_pareto_plots
 from ebtune.search.records import (
     FAIL_REASON,
     MLFLOW_START,
@@ -35,6 +35,7 @@ from ebtune.search.records import (
     TRACKING,
     SearchRecord,
     mark_synced,
+    quality_key,
     run_ids,
     scored,
     set_confirmation,
@@ -72,8 +73,9 @@ class Views:
         folder: the search folder; study: its study; tracker: a `SearchTracker` (not yet started).
         objectives, constraints: what the front is computed over.
         start: `SearchTracker.start`'s (config, space, info) for the parent run.
-        meta: what `pareto.json` records about the search (model, steps, sampler, space, quality
-            evaluator, n_samples); stored in the study (`pareto_meta`) so `ebtune sync` needs no model.
+        meta: what `pareto.json` records about the search (model, steps, sampler, space, quality metric
+            and its evaluator, n_samples); stored in the study (`pareto_meta`) so `ebtune sync` needs no
+            model. Without `quality` (a study written before metrics had names), the quality is "fid".
     """
 
     def __init__(self, folder: Path, study: optuna.Study, tracker: SearchTracker, objectives: Sequence[str],
@@ -82,6 +84,7 @@ class Views:
         self.folder, self.study, self.objectives, self.constraints = folder, study, list(objectives), list(constraints)
         self.guard = GuardedTracker(tracker, log)
         self.meta, self._start, self.log = meta, start, log
+        self.quality = quality_key(meta)  # the quality metric's key in every record
         self._started = False
         self._front_numbers: set[int] | None = None
         self._tagged: dict[int, dict[str, str]] = {}
@@ -218,9 +221,9 @@ class Views:
             if self.guard.up:
                 self._front_numbers = numbers
         baselines = self.current_baselines()
-        judged, margin = [(b["name"], scored(b)) for b in baselines], self.record.margin  # read the study once
+        judged, margin = [(b["name"], scored(b, self.quality)) for b in baselines], self.record.margin  # read once
         for point in front:
-            mine = scored(point)
+            mine = scored(point, self.quality)
             relations = {name: relation(mine, base, self.objectives, margin) for name, base in judged}
             if connected and relations != self._tagged.get(point["number"]):
                 self.guard.call("tag_relations", point["number"], relations)
@@ -228,7 +231,8 @@ class Views:
                     self._tagged[point["number"]] = relations
             point["relations"] = relations
         confirmed = self.confirmation
-        doc = {**self.meta, "objectives": self.objectives, "constraints": [str(c) for c in self.constraints],
+        doc = {**self.meta, "quality": self.quality, "objectives": self.objectives,
+               "directions": {m: direction(m) for m in self.objectives}, "constraints": [str(c) for c in self.constraints],
                "margin": margin, "n_samples": confirmed["n_samples"] if confirmed else self.meta["n_samples"],
                "confirmed": None if not confirmed else {"n_samples": confirmed["n_samples"], "seed": confirmed["seed"]},
                "verdict": self.verdict(front, baselines).to_dict(),
@@ -240,8 +244,8 @@ class Views:
         """The search's verdict (`ebtune.search.verdict`) on its current front and baselines."""
         front = self.front() if front is None else front
         baselines = self.current_baselines() if baselines is None else baselines
-        return verdict([scored(p) for p in front], [scored(b) for b in baselines], self.objectives,
-                       self.record.margin, self.constraints)
+        return verdict([scored(p, self.quality) for p in front], [scored(b, self.quality) for b in baselines],
+                       self.objectives, self.record.margin, self.constraints)
 
     def _have_runs(self, numbers: set[int]) -> bool:
         """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
@@ -269,10 +273,9 @@ class Views:
                   for r in self.trial_records()]
         confirmed = self.confirmation
         n_samples = confirmed["n_samples"] if confirmed else self.meta["n_samples"]
-        quality = quality_label(self.meta["quality_evaluator"], n_samples)
+        quality = Quality(self.quality, self.meta["quality_evaluator"], n_samples, direction(self.quality))
         baselines = [shown(b) for b in self.current_baselines()]
-        write_pareto_plots(self.folder, trials, front, baselines, self.objectives, self.meta["quality_evaluator"],
-                           n_samples)
+        write_pareto_plots(self.folder, trials, front, baselines, self.objectives, quality)
         if self._connected() and self._have_runs({p["number"] for p in front}):
             self.guard.call("finish", front, baselines, trials, self.objectives, status=status, quality=quality)
         return front
