@@ -223,8 +223,16 @@ def _driver(tmp_path: Path, kind: str, arg: str, *argv: str, wait: bool = True) 
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     cmd = [sys.executable, str(ROOT / "tests" / "fault_driver.py"), kind, arg, "--", *argv]
     if not wait:
-        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_ctrl_c_enabled)
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+                          preexec_fn=_ctrl_c_enabled)
+
+
+def _ctrl_c_enabled() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt: the
+    # driver must see SIGINT as a user's Ctrl-C does, however pytest itself was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _consistency(run: Path, total: int) -> dict:
