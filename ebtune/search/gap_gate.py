@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ebtune.errors import ConfigError
+from ebtune.search.halving import sign_of
 from ebtune.search.pareto import NOISE_Z
 
 GAP_KEY = "gap"  # the trial user attribute holding its gap record
@@ -141,12 +142,14 @@ class GapGate:
     Args:
         fid_keep: the FID-proxy rule (`ebtune.search.halving.ProxyRule`).
         known: gap records of the evaluated points. reference: ‖ε‖_i, (K,).
-        channels: the latent channel count; n_proxy, bootstrap, seed: the proxy size and the paired resampling.
+        channels: the latent channel count; n_proxy, bootstrap, seed: the proxy size and the paired resampling;
+        sign: +1 for a lower-is-better quality metric, -1 for a higher-is-better one.
     """
 
     def __init__(self, fid_keep: Callable[[dict[str, float], list[float]], bool], known: Sequence[GapRecord],
-                 reference: np.ndarray, channels: int, n_proxy: int, bootstrap: int, seed: int):
+                 reference: np.ndarray, channels: int, n_proxy: int, bootstrap: int, seed: int, sign: float = 1.0):
         self.fid_keep, self.known, self.reference, self.channels = fid_keep, list(known), reference, channels
+        self.sign = sign  # the quality metric's direction (`halving.sign_of`)
         self.n_proxy, self.bootstrap, self.seed = n_proxy, bootstrap, seed
         self.record: GapRecord | None = None
         self._recorder: Any = None
@@ -158,7 +161,7 @@ class GapGate:
 
         known = known_records(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         return cls(fid_keep, known, real_reference(evaluator), evaluator.loaded.config.in_channels,
-                   evaluator.n_proxy, evaluator.bootstrap, evaluator.seed)
+                   evaluator.n_proxy, evaluator.bootstrap, evaluator.seed, sign_of(evaluator.metric.direction))
 
     def observe(self, cache: Any, sampler: Any) -> Any:
         """A context manager recording ‖ε̂‖ per image and step while the evaluator samples under the
@@ -179,4 +182,4 @@ class GapGate:
                                     float(proxy["macs"]), float(proxy["quality_proxy"]), norms.shape[1])
         proxy["eps_gap"] = self.record.gap
         keep = self.fid_keep(proxy, draws)
-        return keep and not gap_beaten(self.record, self.known, sign=getattr(self.fid_keep, "sign", 1.0))
+        return keep and not gap_beaten(self.record, self.known, sign=self.sign)
