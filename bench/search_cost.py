@@ -10,9 +10,9 @@ The same settings, seed and trials each time, one search after another on the sa
 - `repeated`: the defaults again, under another name, with the store `halving` filled: every later
   search of the same model, sampler, steps, seeds and n.
 The cost is images × MACs per image over every evaluation (baselines, trials, confirmation), as
-`ebtune search` prints it; `at_full_size` is what the same evaluations (the same baselines, trials
-and confirmation) would have sampled without halving or the store: `metric.n_samples` images each,
-read from the study, exact without running it. Each run's verdict (`pareto.json`) is kept whole; the decision compared is
+`ebtune search` prints it; `at_full_size` is what every planned baseline, the same trials and the
+same confirmation would have sampled without halving, the store or the front's cost limit on the
+baselines: `metric.n_samples` images each, read from the study and the plan, exact without running it. Each run's verdict (`pareto.json`) is kept whole; the decision compared is
 the recommended schedule's parameters and, per speed level, the relation to the best uncached
 schedule. The hypervolume is that of the confirmed front in (quality, GMACs per image), both
 minimised, against one reference point for every run.
@@ -41,7 +41,7 @@ def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) 
     return area
 
 
-def search(workdir: Path, *overrides: str, name: str = "mf") -> dict:
+def search(workdir: Path, planned: list[float], *overrides: str, name: str = "mf") -> dict:
     """Run `ebtune search name=NAME overrides` in `workdir`; its cost line, pruning count, wall time and pareto.json."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", "TORCH_HOME": str(workdir / "torch")}
@@ -55,17 +55,30 @@ def search(workdir: Path, *overrides: str, name: str = "mf") -> dict:
     verdict = proc.stdout[proc.stdout.index("verdict ("):proc.stdout.index("sampling cost:")].rstrip()
     return {"wall_s": time.perf_counter() - start, "cost_tmacs": cost, "pareto": pareto, "verdict_text": verdict,
             "pruned": proc.stdout.count(" pruned after "), "baselines_stopped": proc.stdout.count(": stopped after "),
-            "at_full_size_tmacs": at_full_size(workdir / "outputs" / "search" / name) / 1e12}
+            "baselines": f"{len(re.findall(r'^baseline ', proc.stdout, re.M))} of {len(planned)}",
+            "at_full_size_tmacs": at_full_size(workdir / "outputs" / "search" / name, planned) / 1e12}
 
 
-def at_full_size(folder: Path) -> float:
-    """MACs the search's baselines and trials would sample at `metric.n_samples` images each, plus its confirmation."""
+def planned_baselines(*overrides: str) -> list[float]:
+    """MACs per image of every baseline the search plans (it samples those its front reaches)."""
+    from ebtune.cli.config import compose
+    from ebtune.search import SearchConfig
+    from ebtune.search.baselines import plan
+    from ebtune.search.evaluator import Evaluator
+
+    config = SearchConfig.from_mapping(compose(list(overrides), config_name="search"))
+    return [p.macs for p in plan(Evaluator(config.cfg, config.device), config.space)]
+
+
+def at_full_size(folder: Path, planned: list[float]) -> float:
+    """MACs the search's trials and every planned baseline would sample at `metric.n_samples` images
+    each, plus its confirmation without the store."""
     from ebtune.search.records import SearchRecord
     from ebtune.search.study import load_folder_study
 
     record = SearchRecord(load_folder_study(folder))
     n = int(record.settings["metric"]["n_samples"])
-    evaluated = [b["metrics"] for b in record.baselines]
+    evaluated = [{"macs": m} for m in planned]
     evaluated += [t.user_attrs["metrics"] for t in record.study.trials if "metrics" in t.user_attrs]
     confirmed = record.confirmation or {}
     confirmation = [*confirmed.get("trials", {}).values(), *confirmed.get("baselines", {}).values()]
@@ -104,24 +117,25 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory(prefix="ebtune-cost-") as tmp:
         common = (f"trials={a.trials}", *a.overrides)
+        planned = planned_baselines(*common)
         if a.full:
-            runs["full"] = search(Path(tmp) / "full", *common, "metric.n_proxy=0", "search.baseline_cache=null")
-        runs["halving"] = search(Path(tmp) / "store", *common)
-        runs["repeated"] = search(Path(tmp) / "store", *common, name="mf2")
+            runs["full"] = search(Path(tmp) / "full", planned, *common, "metric.n_proxy=0", "search.baseline_cache=null")
+        runs["halving"] = search(Path(tmp) / "store", planned, *common)
+        runs["repeated"] = search(Path(tmp) / "store", planned, *common, name="mf2")
     ref = reference_point(runs, "full" if a.full else "halving")
     report = {"trials": a.trials, "overrides": a.overrides, "reference_point": ref, "load_avg": os.getloadavg(), "runs": {}}
     for label, r in runs.items():
         key = quality_key(r["pareto"])
         front = [(pt["metrics"][key], pt["metrics"]["macs"] / 1e9) for pt in r["pareto"]["points"]]
         report["runs"][label] = {"wall_s": r["wall_s"], "cost_tmacs": r["cost_tmacs"], "pruned": r["pruned"],
-                                 "baselines_stopped": r["baselines_stopped"], "hypervolume": hypervolume_2d(front, ref),
+                                 "baselines_stopped": r["baselines_stopped"], "baselines": r["baselines"], "hypervolume": hypervolume_2d(front, ref),
                                  "at_full_size_tmacs": r["at_full_size_tmacs"],
                                  "front": front, "decision": decision(r["pareto"]), "verdict_text": r["verdict_text"]}
     for label, r in report["runs"].items():
         r["cost_ratio"] = r["cost_tmacs"] / r["at_full_size_tmacs"]
         print(f"{label:>9}: cost {r['cost_tmacs']:.3f} TMACs ({r['cost_ratio']:.2f} of the same evaluations at full size, "
               f"{r['at_full_size_tmacs']:.3f}), {r['pruned']} trial(s) and "
-              f"{r['baselines_stopped']} baseline(s) stopped at a rung, confirmed front {len(r['front'])} point(s), "
+              f"{r['baselines_stopped']} baseline(s) stopped at a rung ({r['baselines']} planned ones recorded), confirmed front {len(r['front'])} point(s), "
               f"hypervolume {r['hypervolume']:.4g}, {r['wall_s']:.0f} s")
         print("\n".join(f"           {line}" for line in r["verdict_text"].splitlines()))
     if a.json:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ebtune.cli.config import compose
-from ebtune.search.baselines import NO_CACHE, evaluate_baselines
+from ebtune.search.baseline_cache import BaselineCache
+from ebtune.search.baselines import NO_CACHE, evaluate_baselines, plan
 from ebtune.search.evaluator import Evaluator
 from ebtune.search.pareto import NOISE_Z
 
@@ -17,9 +18,14 @@ SETTINGS = ["model=dit-tiny", "steps=8", "metric.n_samples=40", "metric.batch_si
 
 
 @pytest.fixture(scope="module")
-def evaluated():
+def store(tmp_path_factory) -> BaselineCache:
+    return BaselineCache(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def evaluated(store):
     evaluator = Evaluator(compose(SETTINGS, config_name="search"), "cpu")
-    results, _ = evaluate_baselines(evaluator, progress=None, protected={"ddpm-1"})
+    results, _ = evaluate_baselines(evaluator, plan(evaluator), progress=None, protected={"ddpm-1"}, cache=store)
     return evaluator, results
 
 
@@ -57,3 +63,18 @@ def test_no_cache_and_protected_baselines_run_in_full(evaluated):
         if outcome.pruned and not base.caches:
             cheaper = [o for b, o in results if not b.caches and not o.pruned and o.metrics["macs"] <= outcome.metrics["macs"]]
             assert cheaper, base.name
+
+
+def test_the_store_gives_a_stopped_baseline_back_only_where_it_stops_again(evaluated, store):
+    evaluator, results = evaluated
+    reused: dict[str, bool] = {}
+    again, _ = evaluate_baselines(evaluator, plan(evaluator), lambda b, _s, _p, _o, r: reused.__setitem__(b.name, r),
+                                  progress=None, protected={"ddpm-1"}, cache=store)
+    assert all(reused.values()) and [o.pruned for _, o in again] == [o.pruned for _, o in results]
+    stopped = next(b.name for b, o in results if o.pruned)
+    reused.clear()
+    third, _ = evaluate_baselines(evaluator, plan(evaluator), lambda b, _s, _p, _o, r: reused.__setitem__(b.name, r),
+                                  progress=None, protected={"ddpm-1", stopped}, cache=store)
+    now = dict((b.name, o) for b, o in third)
+    assert reused[stopped] is False and not now[stopped].pruned  # protected now: it runs in full
+    assert now[stopped].metrics["images"] == evaluator.n_samples

@@ -24,6 +24,9 @@ from ebtune.search.pareto import (
     knee,
     non_dominated,
 )
+from ebtune.cli.config import compose
+from ebtune.search.baselines import plan
+from ebtune.search.evaluator import Evaluator
 from ebtune.search.space import load_space, parse_space, space_names
 
 from .conftest import TINY_SEARCH
@@ -211,6 +214,14 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert any(n.startswith("ddpm-") for n in names)
     macs = [b["metrics"]["macs"] for b in pareto["baselines"][1:]]
     assert macs == sorted(macs)  # after no cache, cheapest first: successive halving needs the cheaper ones known
+    # After the trials, exactly the planned baselines that cost no more than the front's costliest point
+    # (stopped ones included): a costlier one could judge nothing the search claims.
+    planned = plan(Evaluator(compose(TINY, config_name="search"), "cpu"), load_space("intervals"))
+    costliest = max(p["metrics"]["macs"] for p in pareto["points"])
+    recorded = [b["name"] for b in optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
+                .user_attrs["baselines"]]
+    assert recorded == ["nocache"] + [p.base.name for p in planned[1:] if p.macs <= costliest]
+    assert any(p.macs > costliest for p in planned), "every baseline is cheaper than the front: the test proves nothing"
     assert pareto["points"]
     for point in pareto["points"]:
         assert {"number", "params", "metrics", "schedule_file", "mlflow_run_id"} <= set(point)
@@ -250,7 +261,7 @@ def test_tiny_local_search_end_to_end_then_resume(ebtune, tmp_path, capsys):
     assert all((run / t.user_attrs["schedule_file"]).is_file() for t in study.trials)
     seeds = load_space("intervals").seeds
     assert [t.params for t in study.trials[:len(seeds)]] == [dict(s) for s in seeds]  # seeds go first
-    assert "baselines: recorded in the study" in capsys.readouterr().out
+    assert "baselines: no cache recorded in the study" in capsys.readouterr().out
     parents, children = _runs(pointer["uri"])
     assert len(parents) == 1 and len(children) == 5
 
@@ -315,9 +326,11 @@ def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study
     record = SearchRecord(load_folder_study(folder))
     assert [p["number"] for p in result.front] == [p["number"] for p in record.front(record.objectives, record.constraints)]
     names = [b["name"] for b in result.baselines]
-    # Each baseline sampler runs uncached at 10 / (1.5, 2, 3, 4, 6, 8) steps.
-    assert [n for n in names if n.startswith("ddim-") and "+" not in n] == [f"ddim-{k}" for k in (1, 2, 3, 5, 7)]
-    assert [n for n in names if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (1, 2, 3, 5, 7)]
+    # Each baseline sampler runs uncached at 10 / (1.5, 2, 3, 4, 6, 8) steps (those the front reaches are sampled).
+    planned = [p.base.name for p in plan(Evaluator(cfg, "cpu"), load_space("intervals"))]
+    assert [n for n in planned if n.startswith("ddim-") and "+" not in n] == [f"ddim-{k}" for k in (1, 2, 3, 5, 7)]
+    assert [n for n in planned if n.startswith("ddpm-") and "+" not in n] == [f"ddpm-{k}" for k in (1, 2, 3, 5, 7)]
+    assert names == [n for n in planned if n in names] and "ddim-5" in names
     assert load_schedule_file(folder / "schedules/baseline-ddim-5.json").sampler["name"] == "ddim"
     evaluated = [b["metrics"] for b in record.baselines] + [t["metrics"] for t in record.trials()]
     assert result.cost_macs == pytest.approx(sum(m["images"] * m["macs"] for m in evaluated)) and result.reused_macs == 0
@@ -326,14 +339,27 @@ def test_run_search_is_the_pipeline_the_command_runs_and_its_result_is_the_study
     assert f"sampling cost: {result.cost_macs / 1e12:.4g} TMACs" in "\n".join(lines)
 
     # Another search of the same model, sampler, steps, seeds and n takes every baseline from the store,
-    # identical to the first search's; one with other images evaluates its own.
-    again = compose([*tiny, "trials=1", "name=again", f"out={tmp_path / 'again'}", "search.baseline_samplers=[ddim]"],
-                    config_name="search")
+    # identical to the first search's, and so does its confirmation's no cache; one with other images
+    # evaluates its own.
+    again = compose([*tiny, "trials=1", "name=again", f"out={tmp_path / 'again'}", "search.baseline_samplers=[ddim]",
+                     "search.confirm_n=20"], config_name="search")
     second = run_search(SearchConfig.from_mapping(again), log=lines.append)
-    baselines = SearchRecord(load_folder_study(tmp_path / "again")).baselines
-    assert second.reused_macs == pytest.approx(sum(b["metrics"]["images"] * b["metrics"]["macs"] for b in record.baselines))
-    assert all(b["reused"] for b in baselines) and [b["quality_draws"] for b in baselines] == [
-        b["quality_draws"] for b in record.baselines]
+    again_record = SearchRecord(load_folder_study(tmp_path / "again"))
+    first = {b["name"]: b for b in record.baselines}
+    assert {b["name"] for b in again_record.baselines} <= set(first) and all(b["reused"] for b in again_record.baselines)
+    assert [b["quality_draws"] for b in again_record.baselines if "quality_draws" in b] == [
+        first[b["name"]]["quality_draws"] for b in again_record.baselines if "quality_draws" in b]
+    confirmed = again_record.confirmation
+    reused = [b["metrics"] for b in again_record.baselines]
+    assert confirmed["reused"] == [] and second.reused_macs == pytest.approx(sum(m["images"] * m["macs"] for m in reused))
+    third_cfg = compose([*tiny, "trials=1", "name=again2", f"out={tmp_path / 'again2'}", "search.baseline_samplers=[ddim]",
+                         "search.confirm_n=20"], config_name="search")
+    third_result = run_search(SearchConfig.from_mapping(third_cfg), log=lines.append)
+    third_confirmed = SearchRecord(load_folder_study(tmp_path / "again2")).confirmation
+    assert "nocache" in third_confirmed["reused"] and set(third_confirmed["reused"]) <= set(confirmed["baselines"])
+    assert third_confirmed["baselines"]["nocache"] == confirmed["baselines"]["nocache"]
+    assert third_result.cost_macs == pytest.approx(second.cost_macs - sum(
+        confirmed["baselines"][n]["images"] * confirmed["baselines"][n]["macs"] for n in third_confirmed["reused"]))
     other = compose([*tiny, "trials=1", "name=other", f"out={tmp_path / 'other'}", "search.baseline_samplers=[ddim]",
                      "seed=1"], config_name="search")
     third = run_search(SearchConfig.from_mapping(other), log=lines.append)

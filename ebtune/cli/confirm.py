@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ebtune.cli.config import compose
     from ebtune.run.overrides import settings
+    from ebtune.search.baseline_cache import BaselineCache
     from ebtune.search.confirm import confirm, search_overrides
     from ebtune.search.views import folder_views
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if "quality_evaluator" in views.meta:  # the search's quality metric, when it was not the model's default
         overrides.append(f"model.fid={views.meta['quality_evaluator']}")
     cfg = compose(overrides, config_name="search")
-    result = confirm(views, cfg)
+    result = confirm(views, cfg, cache=BaselineCache.at(cfg["search"]["baseline_cache"]))
     views.record_confirmation(result)
     for trial, beaten in result["dominates"].items():
         print(f"{trial} with {result['n_samples']} images dominates: {', '.join(beaten) or 'no baseline'}")

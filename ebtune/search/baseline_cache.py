@@ -7,7 +7,9 @@ ebtune version; the metric by its registry name, reference and the name it repor
 stored before metrics had names of their own keeps its quality under "fid": it misses). `outcome_key`
 hashes all of them (the weights by their bytes), so a change to any one misses the store and the
 baseline is evaluated afresh; searches of the same model, sampler, steps,
-seeds and n share their baselines. The latency stored with an outcome is the one measured when it was
+seeds and n share their baselines, and a confirmation's baselines are shared by confirmations of
+the same settings. An outcome stopped at a rung is stored too, with its rungs: it is reused where
+the halving rule stops it again (`baselines.evaluate_baselines`). The latency stored with an outcome is the one measured when it was
 stored. `search.baseline_cache` names the folder (null: no store).
 """
 from __future__ import annotations
@@ -67,6 +69,11 @@ class BaselineCache:
 
     folder: Path
 
+    @classmethod
+    def at(cls, folder: str | None) -> "BaselineCache | None":
+        """The store `search.baseline_cache` names (None for null: no store)."""
+        return cls(Path(folder).absolute()) if folder else None
+
     def find(self, evaluator: Evaluator, schedule: Schedule, sampler: Sampler) -> tuple[str, Outcome | None]:
         """(the evaluation's key, its stored outcome or None)."""
         key = outcome_key(evaluator, schedule, sampler)
@@ -80,13 +87,14 @@ class BaselineCache:
             if "rungs" not in f.files:  # written before successive halving: evaluate again
                 return None
             rungs = tuple(Rung.from_attr(r) for r in json.loads(str(f["rungs"])))
+            pruned = bool(f["pruned"]) if "pruned" in f.files else False
             return Outcome(json.loads(str(f["metrics"])), f["latents"], f["grid"], rungs,
-                           tuple(float(d) for d in f["quality_draws"]))
+                           tuple(float(d) for d in f["quality_draws"]), pruned)
 
     def store(self, key: str, outcome: Outcome) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = self.folder / f"{key}.{os.getpid()}.tmp.npz"
         np.savez(staging, metrics=json.dumps(outcome.metrics), latents=outcome.latents, grid=outcome.grid,
                  rungs=json.dumps([r.to_attr() for r in outcome.rungs]),
-                 quality_draws=np.asarray(outcome.quality_draws, dtype=np.float64))
+                 quality_draws=np.asarray(outcome.quality_draws, dtype=np.float64), pruned=outcome.pruned)
         os.replace(staging, self.folder / f"{key}.npz")

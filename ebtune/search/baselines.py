@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,8 +34,9 @@ from ebtune.sampling.samplers import Sampler
 from ebtune.schedules import ScheduleContext
 from ebtune.schedules.spec import ScheduleSpec
 from ebtune.search.baseline_cache import BaselineCache
-from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
+from ebtune.search.evaluator import Evaluator, Outcome, Reference, Rung, TrialPruned
 from ebtune.search.halving import ProxyRule, sign_of
+from ebtune.search.records import RUNGS
 from ebtune.search.space import SearchSpace
 
 NO_CACHE = "nocache"
@@ -81,9 +82,18 @@ class Baseline:
         return sampler, schedule, evaluator.macs(schedule, sampler)
 
 
+class Planned(NamedTuple):
+    """A baseline built for this search: its sampler, its schedule and its MACs per image."""
+
+    base: Baseline
+    sampler: Sampler
+    schedule: Schedule
+    macs: float
+
+
 def baseline_names(evaluator: Evaluator, space: SearchSpace | None = None) -> list[str]:
-    """Names of the baselines this search evaluates, in order (constraints may refer to them)."""
-    return [b.name for b in plan(evaluator, space)]
+    """Names of the baselines this search may evaluate, in order (constraints may refer to them)."""
+    return [p.base.name for p in plan(evaluator, space)]
 
 
 def baseline_samplers(evaluator: Evaluator) -> list[str]:
@@ -99,10 +109,10 @@ def fewer_steps(steps: int) -> list[int]:
     return sorted({k for k in (max(1, round(steps / level)) for level in SPEED_LEVELS) if k < steps}, reverse=True)
 
 
-def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baseline]:
+def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Planned]:
     """No cache first, then, cheapest first: the cached baselines (TaylorSeer's too for a space that
     forecasts) and every baseline sampler uncached at fewer steps; under the space's ε form (when
-    not "none"), every uncached and TaylorSeer baseline once more."""
+    not "none"), every uncached and TaylorSeer baseline once more. Each comes built."""
     steps, own = evaluator.sampler.steps, evaluator.cfg["sampler"]["name"]
     eps_form = space.reference_eps_form() if space is not None else None
     out = [Baseline(NO_CACHE, "none", steps=steps)]
@@ -115,7 +125,8 @@ def plan(evaluator: Evaluator, space: SearchSpace | None = None) -> list[Baselin
     if eps_form and eps_form["name"] != "none":
         out += [replace(b, name=f"{b.name}+{eps_form['name']}", eps_scale=dict(eps_form))
                 for b in out if b.family in ("none", "taylor")]
-    return out[:1] + sorted(out[1:], key=lambda b: b.built(evaluator)[2])  # stable: ties keep this order
+    built = [Planned(b, *b.built(evaluator)) for b in out]
+    return built[:1] + sorted(built[1:], key=lambda p: p.macs)  # stable: ties keep this order
 
 
 def _print_now(line: str) -> None:
@@ -126,14 +137,32 @@ def _eta(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+@dataclass(frozen=True)
+class Known:
+    """An evaluated baseline as the halving rule sees it: whether it caches, its MACs and its rungs."""
+
+    caches: bool
+    macs: float
+    rungs: tuple[Rung, ...]
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any]) -> "Known":
+        """From a baseline record the study holds (`Recorder.baseline`)."""
+        return cls(record["params"]["schedule"] != "none", float(record["metrics"]["macs"]),
+                   tuple(Rung.from_attr(r) for r in record.get(RUNGS, [])))
+
+
 def evaluate_baselines(
-    evaluator: Evaluator, on_done: Callable[[Baseline, Schedule, Sampler, Outcome, bool], None] | None = None,
-    space: SearchSpace | None = None, progress: Callable[[str], None] | None = _print_now,
-    cache: BaselineCache | None = None, protected: Collection[str] = (),
+    evaluator: Evaluator, todo: Sequence[Planned],
+    on_done: Callable[[Baseline, Schedule, Sampler, Outcome, bool], None] | None = None,
+    progress: Callable[[str], None] | None = _print_now, cache: BaselineCache | None = None,
+    protected: Collection[str] = (), reference: Reference | None = None, known: Sequence[Known] = (),
 ) -> tuple[list[tuple[Baseline, Outcome]], Reference]:
-    """Evaluate every baseline in `plan` order (no cache first, as the reference of the others), or
-    take its outcome from `cache` when an earlier search stored the same evaluation
-    (`baseline_cache.outcome_key`); each may stop at a rung (module docstring) unless `protected`.
+    """Evaluate `todo` in order (without `reference`, no cache must come first: it is the reference of
+    the others), or take an outcome from `cache` when an earlier search stored the same evaluation
+    (`baseline_cache.outcome_key`); each may stop at a rung (module docstring) unless `protected`,
+    facing the `known` baselines and those evaluated before it. A stored stopped outcome is reused
+    only where the rule stops it again.
 
     Args:
         on_done: called after each baseline with its schedule, sampler, outcome (`pruned` when it
@@ -143,39 +172,42 @@ def evaluate_baselines(
         protected: names that never stop (the baselines constraints refer to).
 
     Returns:
-        (baseline, outcome) pairs in `plan` order and the no-cache reference for the trials.
+        (baseline, outcome) pairs in `todo` order and the no-cache reference for the trials.
     """
     results: list[tuple[Baseline, Outcome]] = []
-    reference: Reference | None = None
-    work = [(base, *base.built(evaluator)) for base in plan(evaluator, space)]
-    total_macs, done_macs, started = sum(w[3] for w in work), 0.0, time.monotonic()
-    for k, (base, sampler, schedule, macs) in enumerate(work, start=1):
+    faced = list(known)
+    total_macs, done_macs, started = sum(p.macs for p in todo), 0.0, time.monotonic()
+    for k, (base, sampler, schedule, macs) in enumerate(todo, start=1):
+        gate = None if reference is None or base.name in protected else _rule(base, faced, evaluator)
         key, outcome = cache.find(evaluator, schedule, sampler) if cache is not None else ("", None)
+        if outcome is not None and outcome.pruned and (gate is None or gate(outcome.metrics, list(outcome.rungs[-1].draws))):
+            outcome = None  # stopped when stored, but it would not stop here: evaluate it
         reused = outcome is not None
         if outcome is None:
             if progress is not None:
                 left = "" if not done_macs else (
                     f", about {_eta((time.monotonic() - started) / done_macs * (total_macs - done_macs))} left")
-                progress(f"baselines {k}/{len(work)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} "
+                progress(f"baselines {k}/{len(todo)}: {base.name} ({sampler.steps} steps, {evaluator.n_samples} "
                          f"images){left}")
-            gate = None if reference is None or base.name in protected else _rule(base, results, evaluator)
             outcome = _evaluate(evaluator, schedule, reference, sampler, gate)
             done_macs += macs
-            if cache is not None and not outcome.pruned:
+            if cache is not None:
                 cache.store(key, outcome)
         if reference is None:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         results.append((base, outcome))
+        faced.append(Known(base.caches, outcome.metrics["macs"], outcome.rungs))
         if on_done is not None:
             on_done(base, schedule, sampler, outcome, reused)
-    assert reference is not None  # plan() always starts with no cache
+    if reference is None:
+        raise ValueError("evaluate_baselines needs no cache first or a reference")
     return results, reference
 
 
-def _rule(base: Baseline, evaluated: list[tuple[Baseline, Outcome]], evaluator: Evaluator) -> ProxyRule:
+def _rule(base: Baseline, faced: Sequence[Known], evaluator: Evaluator) -> ProxyRule:
     """Whom `base` faces at its rungs: every evaluated baseline, or, when `base` caches nothing, the
     evaluated baselines that cache nothing (so the strongest uncached schedule is never stopped by a cache)."""
-    return ProxyRule(tuple((o.metrics["macs"], o.rungs) for b, o in evaluated if base.caches or not b.caches),
+    return ProxyRule(tuple((k.macs, k.rungs) for k in faced if base.caches or not k.caches),
                      sign_of(evaluator.metric.direction))
 
 

@@ -15,6 +15,7 @@ from ebtune.errors import ConfigError
 from ebtune.io.atomic import write_json
 from ebtune.io.schedule_file import load_schedule_file
 from ebtune.run.factory import resolve_device
+from ebtune.search.baseline_cache import BaselineCache
 from ebtune.search.baselines import NO_CACHE
 from ebtune.search.evaluator import Evaluator, Reference
 from ebtune.search.pareto import DOMINATES, relation, std_key
@@ -63,11 +64,12 @@ def as_stored(metrics: dict[str, float], name: str, key: str) -> dict[str, float
 
 
 def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = print,
-            only: set[str] | None = None) -> dict[str, Any]:
+            only: set[str] | None = None, cache: BaselineCache | None = None) -> dict[str, Any]:
     """Re-score the front and the baselines of the search `views` shows, read from its study, under
     the resolved search config `cfg` (its `metric.n_samples` images from its seed; see
     `search_overrides`), or only the points and baselines named in `only` (no cache, the reference,
-    always); writes `confirmed.json` in the search folder and returns it. Record it in
+    always); writes `confirmed.json` in the search folder and returns it. A baseline's evaluation
+    is taken from `cache` when a confirmation with the same settings stored it (`reused` lists those). Record it in
     the study with `views.record_confirmation`. The quality metric is stored under the key the study
     keeps it under (`as_stored`). `relations` judge each front point against each
     baseline with paired inference and the search's margin (`pareto.relation`); `dominates` lists
@@ -85,11 +87,17 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
     evaluator, q = Evaluator(cfg, resolve_device(cfg["device"])), views.quality
     baselines = [b for b in views.current_baselines() if only is None or b["name"] in only or b["name"] == NO_CACHE]
     entries = sorted(baselines, key=lambda b: b["name"] != NO_CACHE)  # no cache first: the reference
-    rows, reference = [], None
+    rows, reference, reused = [], None, []
     for entry in entries + points:
         file = load_schedule_file(views.folder / entry["schedule_file"])
         sampler = evaluator.sampler_at(file.schedule.steps, file.sampler["name"])  # the one it was searched with
-        outcome = evaluator.evaluate(file.schedule, reference, sampler)
+        key, outcome = cache.find(evaluator, file.schedule, sampler) if cache and "number" not in entry else ("", None)
+        if outcome is not None:
+            reused.append(entry["name"])
+        else:
+            outcome = evaluator.evaluate(file.schedule, reference, sampler)
+            if key:
+                cache.store(key, outcome)
         if entry["name"] == NO_CACHE:
             reference = Reference(outcome.latents, outcome.metrics["latency_s"])
         searched = entry.get("search_metrics", entry["metrics"])
@@ -97,13 +105,15 @@ def confirm(views: Views, cfg: dict[str, Any], log: Callable[[str], None] = prin
         rows.append({"name": entry["name"], "trial": entry.get("number"), "metrics": m,
                      "search_metrics": searched, QUALITY_DRAWS: list(outcome.quality_draws)})
         log(f"confirm {entry['name']:>18}: {q} {m[q]:.4g} ± {m[std_key(q)]:.2g} (search {searched[q]:.4g})  "
-            f"speedup {m['speedup']:.2f}x")
+            f"speedup {m['speedup']:.2f}x" + ("  (reused: an earlier confirmation's evaluation)"
+                                              if entry["name"] in reused else ""))
     objectives, margin = views.objectives, views.record.margin
     baselines = [r for r in rows if r["trial"] is None]
     relations = {r["name"]: {b["name"]: relation(scored(r, q), scored(b, q), objectives, margin) for b in baselines}
                  for r in rows if r["trial"] is not None}
     dominated = {name: [b for b, rel in rels.items() if rel == DOMINATES] for name, rels in relations.items()}
     result = {"n_samples": n_samples, "seed": int(cfg["seed"]), "evaluator": evaluator.spec.fid, "quality": q,
-              "objectives": objectives, "margin": margin, "rows": rows, "dominates": dominated, "relations": relations}
+              "objectives": objectives, "margin": margin, "rows": rows, "dominates": dominated, "relations": relations,
+              "reused": reused}
     write_json(views.folder / "confirmed.json", {**result, "rows": [shown(r) for r in rows]})
     return result

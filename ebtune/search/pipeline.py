@@ -1,8 +1,9 @@
 """`run_search(config) -> SearchResult`: one search, as one pipeline.
 
     SearchConfig ──open──▶ Session(study, views, recorder)
-        │ baselines   no cache first (the reference), then the cached and fewer-step ones
+        │ reference   no cache (the trials' reference) and the baselines constraints name
         │ trials      the configured launcher runs the missing trials of the study's budget
+        │ baselines   the cached and fewer-step ones that cost no more than the front's costliest point
         │ confirm     what the verdict judges re-scored on fresh images (search.confirm_n)
         └ finish      MLflow, pareto.json and the plots rewritten from the study → SearchResult
 
@@ -26,7 +27,7 @@ from ebtune import __version__
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
 from ebtune.search.baseline_cache import BaselineCache
-from ebtune.search.baselines import NO_CACHE, baseline_names, evaluate_baselines
+from ebtune.search.baselines import NO_CACHE, Known, baseline_names, evaluate_baselines
 from ebtune.search.baselines import plan as baseline_plan
 from ebtune.search.config import SearchConfig
 from ebtune.search.confirm import confirm, fresh_seed
@@ -97,8 +98,9 @@ def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> Sear
     status, stopped = "FAILED", None
     try:
         with sigterm_interrupts():
-            reference = _baselines(session, names, log)
+            reference = _reference(session, log)
             _trials(session, reference)
+            _baselines(session, reference)
             _confirmation(session, log)
             status = "FINISHED"
     except SearchStopped as stop:
@@ -169,25 +171,54 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
     return Session(config, evaluator, space, study, store, views, recorder)
 
 
-def _baselines(session: Session, names: list[str], log: Callable[[str], None]) -> Reference:
-    """Evaluate the baselines the study does not hold yet; returns the no-cache reference of the trials."""
+def _reference(session: Session, log: Callable[[str], None]) -> Reference:
+    """No cache (the trials' reference) and the baselines the constraints name, before the trials;
+    returns the reference."""
     evaluator, recorder, cache = session.evaluator, session.recorder, baseline_cache(session.config)
-    if [b["name"] for b in recorder.baselines] != names:
-        protected = {c.baseline for c in session.config.constraints if c.baseline}
-        return evaluate_baselines(evaluator, recorder.baseline, session.space, cache=cache, protected=protected)[1]
-    schedule = baseline_plan(evaluator)[0].schedule(evaluator.ctx)
-    outcome = cache.find(evaluator, schedule, evaluator.sampler)[1] if cache is not None else None
-    log("baselines: recorded in the study; " + ("the distance reference from the baseline store" if outcome else
-                                                "re-running no cache for the distance reference"))
-    if outcome is None:
-        outcome = evaluator.evaluate(schedule, None)
-    return Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+    protected = _protected(session.config)
+    first = [p for p in baseline_plan(evaluator, session.space) if p.base.name == NO_CACHE or p.base.name in protected]
+    recorded = {b["name"] for b in recorder.baselines}
+    reference = None
+    if NO_CACHE in recorded:
+        outcome = cache.find(evaluator, first[0].schedule, first[0].sampler)[1] if cache is not None else None
+        log("baselines: no cache recorded in the study; " + ("the distance reference from the baseline store"
+                                                              if outcome else "re-running it for the distance reference"))
+        if outcome is None:
+            outcome = evaluator.evaluate(first[0].schedule, None, first[0].sampler)
+        reference = Reference(outcome.latents, recorder.baseline_metrics()[NO_CACHE]["latency_s"])
+    todo = [p for p in first if p.base.name not in recorded]
+    if not todo:
+        assert reference is not None
+        return reference
+    return evaluate_baselines(evaluator, todo, recorder.baseline, cache=cache, protected=protected,
+                              reference=reference)[1]
+
+
+def _baselines(session: Session, reference: Reference) -> None:
+    """After the trials, the baselines the verdict and the front's relations can use: every one that
+    costs no more MACs than the front's costliest point, cheapest first, under successive halving. One
+    that costs more could judge nothing the search claims (`ebtune.search.verdict`), so it is not sampled."""
+    evaluator, recorder = session.evaluator, session.recorder
+    front = recorder.front()
+    if not front:
+        return
+    limit = max(float(p["metrics"]["macs"]) for p in front) * (1 + 1e-9)
+    recorded = {b["name"] for b in recorder.baselines}
+    todo = [p for p in baseline_plan(evaluator, session.space)[1:] if p.base.name not in recorded and p.macs <= limit]
+    if todo:
+        evaluate_baselines(evaluator, todo, recorder.baseline, cache=baseline_cache(session.config),
+                           protected=_protected(session.config), reference=reference,
+                           known=[Known.of_record(b) for b in recorder.baselines])
+
+
+def _protected(config: SearchConfig) -> set[str]:
+    """The baselines constraints name: evaluated before the trials, never stopped at a rung."""
+    return {c.baseline for c in config.constraints if c.baseline}
 
 
 def baseline_cache(config: SearchConfig) -> BaselineCache | None:
     """`search.baseline_cache`: where baseline outcomes are shared between searches (null: nowhere)."""
-    folder = config.search.baseline_cache
-    return BaselineCache(Path(folder).absolute()) if folder else None
+    return BaselineCache.at(config.search.baseline_cache)
 
 
 def _trials(session: Session, reference: Reference) -> None:
@@ -215,7 +246,7 @@ def _confirmation(session: Session, log: Callable[[str], None]) -> None:
     judged = session.views.verdict().depends_on()
     log(f"confirming the verdict's {len(judged)} points and baselines on {n} fresh images (search.confirm_n; "
         f"0 skips this)")
-    session.views.record_confirmation(confirm(session.views, cfg, log, only=judged))
+    session.views.record_confirmation(confirm(session.views, cfg, log, only=judged, cache=baseline_cache(config)))
 
 
 def _finish(session: Session, status: str, stopped: str | None) -> SearchResult:

@@ -201,10 +201,14 @@ class Recorder:
             return float(sum(m.get("images", self.evaluator.n_samples) * m["macs"] for m in records))
 
         confirmed = self.confirmation or {}
+        again = set(confirmed.get(REUSED, []))  # confirmation baselines an earlier confirmation stored
         sampled = [b["metrics"] for b in self.baselines if not b.get(REUSED)]
         sampled += [t.user_attrs["metrics"] for t in self.study.trials if "metrics" in t.user_attrs]
-        sampled += [*confirmed.get("trials", {}).values(), *confirmed.get("baselines", {}).values()]
-        return macs(sampled), macs([b["metrics"] for b in self.baselines if b.get(REUSED)])
+        sampled += [*confirmed.get("trials", {}).values()]
+        sampled += [m for name, m in confirmed.get("baselines", {}).items() if name not in again]
+        reused = [b["metrics"] for b in self.baselines if b.get(REUSED)]
+        reused += [m for name, m in confirmed.get("baselines", {}).items() if name in again]
+        return macs(sampled), macs(reused)
 
     # -- the front and its confirmation ------------------------------------------------------------
     @property

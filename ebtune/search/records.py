@@ -77,7 +77,7 @@ def set_confirmation(study: optuna.Study, result: dict[str, Any]) -> None:
         "n_samples": result["n_samples"], "seed": result["seed"], "margin": result["margin"],
         "trials": {str(r["trial"]): r["metrics"] for r in rows if r["trial"] is not None},
         "baselines": {r["name"]: r["metrics"] for r in rows if r["trial"] is None},
-        "draws": {r["name"]: r[QUALITY_DRAWS] for r in rows}})
+        "draws": {r["name"]: r[QUALITY_DRAWS] for r in rows}, REUSED: list(result.get(REUSED, []))})
 
 
 def unconfirm(study: optuna.Study) -> None:
