@@ -37,8 +37,8 @@ HYDRA_ALIASES = {"hydra.run.dir": "out", "hydra.job.name": "name"}
 HYDRA_KEYS = ("hydra.searchpath", "hydra.sweep.dir", *HYDRA_ALIASES)
 REGISTRY_GROUPS = ("schedule", "eps_scale", "sampler", "launcher")
 # What a builder passes to a factory itself, never a user setting: the schedule's context, and for a
-# family that calibrates its probe and ε factors (`ScheduleSpec.build`); a launcher's config and folder.
-SUPPLIED = {"schedule": {"ctx", "probe", "eps_scale"}, "launcher": {"cfg", "folder"}}
+# family that calibrates its probe and ε factors (`ScheduleSpec.build`); a launcher's search config.
+SUPPLIED = {"schedule": {"ctx", "probe", "eps_scale"}, "launcher": {"config"}}
 # A family that calibrates (takes `probe`) also has `n`, its calibration samples, which
 # `ebtune.run.factory.schedule_from` takes out before building the schedule.
 CALIBRATION_SAMPLES = 8

@@ -194,6 +194,11 @@ class SearchConfig:
     def launcher(self) -> str:
         return str(self.cfg["launcher"]["name"])
 
+    @property
+    def threads(self) -> Any:
+        """`threads`: torch threads per CPU process (auto or a whole number; `resolve_threads` reads it)."""
+        return self.cfg["threads"]
+
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], space_path: str | None = None) -> "SearchConfig":
         """Check `cfg` and decide everything a search needs before its model loads.

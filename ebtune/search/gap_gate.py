@@ -59,9 +59,9 @@ class GapRecord:
                    int(attr["steps"]))
 
 
-def gap_enabled(metric: Mapping[str, Any]) -> bool:
-    """`metric.gap_prune`; it needs the first fidelity (`metric.n_proxy` > 0)."""
-    return bool(metric["gap_prune"]) and int(metric["n_proxy"]) > 0
+def gap_enabled(metric: Any) -> bool:
+    """`metric.gap_prune` (of `MetricSettings`); it needs the first fidelity (`metric.n_proxy` > 0)."""
+    return bool(metric.gap_prune) and int(metric.n_proxy) > 0
 
 
 def check_gap_prune(metric: Mapping[str, Any], decoder: str) -> None:

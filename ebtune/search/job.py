@@ -20,6 +20,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ebtune.search.config import SearchConfig
 from ebtune.search.evaluator import Evaluator, Gate, Outcome, Reference, TrialError
 from ebtune.search.gap_gate import GAP_KEY, GapGate, gap_enabled
 from ebtune.search.halving import ProxyRule
@@ -46,28 +47,35 @@ class Job:
 
     study: optuna.Study
     storage: optuna.storages.BaseStorage  # the study's (heartbeats; Ray's searcher opens the study through it)
-    space: SearchSpace
-    cfg: dict[str, Any]  # the resolved config (plain values)
+    space: SearchSpace  # the config's, with the calibrated seed's masks attached where needed
+    config: SearchConfig
     reference: Reference
-    objectives: list[str]
     recorder: Recorder
     evaluator: Evaluator  # the driver's (local trials use it directly)
-    total: int  # trials the study holds in all when the search is done (`trials=`)
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.config.objectives)
+
+    @property
+    def total(self) -> int:
+        """Trials the study holds in all when the search is done (`trials=`)."""
+        return self.config.trials
 
     @property
     def timeout_s(self) -> float | None:
-        value = self.cfg["search"]["trial_timeout_s"]
+        value = self.config.search.trial_timeout_s
         return float(value) if value else None
 
     @property
     def poll_s(self) -> float:
         """How often a session waiting on other sessions' trials looks again."""
-        return float(self.cfg["search"]["heartbeat_interval"])
+        return self.config.search.heartbeat_interval
 
     @property
     def grace_s(self) -> float:
         """How long a running trial may go without a heartbeat (or, untagged, at all) before it is re-queued."""
-        return float(self.cfg["search"]["grace_period"])
+        return self.config.search.grace_period
 
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         """The objective values to tell.
@@ -89,7 +97,7 @@ class Job:
         known += [(t.user_attrs["metrics"], t.user_attrs.get(RUNGS, [])) for t in self.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
         rule = ProxyRule.over(known, self.evaluator.metric.direction)
-        if gap_enabled(self.cfg["metric"]):  # metric.gap_prune: the exposure-bias gap rule on top
+        if gap_enabled(self.config.metric):  # metric.gap_prune: the exposure-bias gap rule on top
             return GapGate.of_search(rule, self.study, self.evaluator)
         return rule
 

@@ -88,7 +88,7 @@ def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> Sear
     """
     _quiet_libraries()
     if config.device.type == "cpu":
-        torch.set_num_threads(resolve_threads(config.cfg["threads"]))
+        torch.set_num_threads(resolve_threads(config.threads))
     evaluator = Evaluator(config.cfg, config.device)
     names = baseline_names(evaluator, config.space)
     unknown = sorted({c.baseline for c in config.constraints if c.baseline} - set(names))
@@ -227,9 +227,8 @@ def _trials(session: Session, reference: Reference) -> None:
     if len(done_trials(study)) >= config.trials:
         return
     unconfirm(study)
-    launcher = LAUNCHERS.make(config.launcher, config.cfg, config.folder)
-    launcher.run(Job(study, session.storage, session.space, dict(config.cfg), reference, list(config.objectives),
-                     session.recorder, session.evaluator, config.trials))
+    launcher = LAUNCHERS.make(config.launcher, config)
+    launcher.run(Job(study, session.storage, session.space, config, reference, session.recorder, session.evaluator))
 
 
 def _confirmation(session: Session, log: Callable[[str], None]) -> None:

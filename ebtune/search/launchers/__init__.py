@@ -4,25 +4,23 @@ Both launchers ask the same Optuna study for points, store each trial's metrics 
 violations on the Optuna trial before telling it, and hand every finished trial to the driver's
 `Recorder` (MLflow, schedule files, front). A trial that raises, produces NaN or runs out of
 memory is told FAIL with its error, and the search goes on. A new launcher is one module with a
-`Launcher` subclass taking `(cfg, folder)`, plus one `LAUNCHERS.register` line here.
+`Launcher` subclass taking the `SearchConfig`, plus one `LAUNCHERS.register` line here.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
-
 from ebtune.registry import Registry
+from ebtune.search.config import SearchConfig
 from ebtune.search.launchers.base import Launcher
 from ebtune.search.launchers.local import LocalLauncher
 
 
-def _ray(cfg: Mapping[str, Any], folder: Path) -> Launcher:
+def _ray(config: SearchConfig) -> Launcher:
     """Trials as Ray Tune trials with OptunaSearch; the cluster and each trial's resources are set under `ray:`."""
     from ebtune.search.launchers.ray import (
         RayLauncher,  # Ray is imported only when it is asked for
     )
 
-    return RayLauncher(cfg, folder)
+    return RayLauncher(config)
 
 
 LAUNCHERS: Registry[Launcher] = Registry("launcher")

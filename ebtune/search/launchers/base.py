@@ -22,7 +22,7 @@ class Launcher(ABC):
 def failure_streak(job: Job) -> str | None:
     """Why the search must stop: `search.max_consecutive_failures` real failures in a row (0 = never),
     or None."""
-    limit = int(job.cfg["search"]["max_consecutive_failures"])
+    limit = job.config.search.max_consecutive_failures
     if limit and job.recorder.streak >= limit:
         return (f"{job.recorder.streak} trials failed in a row (search.max_consecutive_failures={limit}); "
                 f"fix the cause shown above, then run the same command to resume")

@@ -7,12 +7,10 @@ with SIGALRM (`ebtune.search.job.time_limit`).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
-
 import optuna
 from optuna.trial import TrialState
 
+from ebtune.search.config import SearchConfig
 from ebtune.search.evaluator import TrialPruned
 from ebtune.search.job import Job, gate_attrs, score, time_limit, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak
@@ -22,9 +20,8 @@ from ebtune.search.study import FAIL_REASON, Heartbeat, claim, retry, stored_tri
 class LocalLauncher(Launcher):
     """Trials one after another in this process (simple, easy to debug, no Ray start-up)."""
 
-    def __init__(self, cfg: Mapping[str, Any], folder: Path):
-        del cfg  # the driver's evaluator already holds everything a local trial needs
-        self.folder = folder
+    def __init__(self, config: SearchConfig):
+        self.folder = config.folder  # the driver's evaluator holds everything else a local trial needs
 
     def run(self, job: Job) -> None:
         while (trial := claim(job.study, job.storage, job.total, self.folder, job.poll_s, job.grace_s)) is not None:

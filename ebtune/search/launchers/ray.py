@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
-from ebtune.search.config import RaySettings, typed
+from ebtune.search.config import SearchConfig
 from ebtune.search.evaluator import Evaluator, Outcome, Reference, TrialPruned
 from ebtune.search.job import Job, TrialTimeout, gate_attrs, score, timeout_reason, trial_error
 from ebtune.search.launchers.base import Launcher, check_streak, failure_streak
@@ -285,18 +285,18 @@ class RayLauncher(Launcher):
     """Trials as Ray Tune trials with Optuna (`OptunaSearch`) as the search algorithm.
 
     Args:
-        cfg: the resolved search config. Its `ray:` part (`RaySettings`): address (null = start a local
+        config: the search. Its `ray` settings (`RaySettings`): address (null = start a local
             Ray; "auto" = join the running cluster), num_cpus (local Ray size; null = all cores),
             cpus_per_trial, gpus_per_trial ("auto" = 1 when the cluster has GPUs and device is not cpu,
             else 0; fractions share a GPU), max_concurrent (null = as many as the cluster's resources
-            allow); `threads`: torch threads per CPU trial; `device`: the device setting.
-        folder: the search folder; Ray's session files and Tune's results go inside it.
+            allow); `threads`: torch threads per CPU trial; `device`; `folder`, where Ray's session
+            files and Tune's results go.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], folder: Path):
-        self.ray, self.folder = typed(RaySettings, cfg["ray"], "ray"), folder
-        self.threads = resolve_threads(cfg["threads"], per_process=int(math.ceil(self.ray.cpus_per_trial)))
-        self.device = str(cfg["device"])
+    def __init__(self, config: SearchConfig):
+        self.ray, self.folder = config.ray, config.folder
+        self.threads = resolve_threads(config.threads, per_process=int(math.ceil(self.ray.cpus_per_trial)))
+        self.device = config.device.type
 
     def _init(self) -> Path | None:
         import ray
@@ -360,7 +360,7 @@ class RayLauncher(Launcher):
             cluster = ray.cluster_resources()
             job.recorder.log(f"ray: {concurrent} concurrent trial(s) of {per_trial['cpu']:g} CPU + {per_trial['gpu']:g} GPU "
                              f"on a cluster of {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
-            setup = TrialSetup(json.dumps(job.cfg), job.space, job.reference, self.threads,
+            setup = TrialSetup(json.dumps(dict(job.config.cfg)), job.space, job.reference, self.threads,
                                "cuda" if per_trial["gpu"] else "cpu", job.timeout_s)
             trainable = tune.with_resources(tune.with_parameters(ray_trial, setup=setup), per_trial)
             tune_trials: dict[str, Any] = {}
