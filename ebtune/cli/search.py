@@ -111,7 +111,7 @@ def _loading(config: SearchConfig) -> None:
     spec, sampler = config.model, config.sampler
     print(f"search {config.name}: loading {spec.name} ({'embedded weights' if spec.ckpt is None else spec.ckpt}), "
           f"the {spec.fid} quality evaluator and the {sampler.step.name} sampler ({sampler.steps} steps) on "
-          f"{config.device}; then the baselines, then the trials", flush=True)
+          f"{config.device}; then no cache, the trials, and the baselines the front reaches", flush=True)
 
 
 def next_commands(folder: Path) -> None:
