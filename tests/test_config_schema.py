@@ -81,6 +81,12 @@ def test_search_config_carries_typed_sections_with_the_plain_values_it_stores(tm
         assert dataclasses.asdict(getattr(config, key)) == cfg[key]
 
 
+@pytest.mark.parametrize(("given", "images"), [("auto", 40), ("7", 7), ("0", 0)])
+def test_the_confirmation_is_sized_from_what_the_user_asked_for(tmp_path, given, images):
+    cfg = compose([*TINY, "metric.n_samples=40", f"search.confirm_n={given}", f"out={tmp_path}"], config_name="search")
+    assert SearchConfig.from_mapping(cfg).confirm_n == images
+
+
 def test_stored_metric_settings_of_an_earlier_search_still_match():
     """A study keeps its `metric:` section and refuses a resume that changes it; the default section is the
     one searches stored before the sections were typed (values from conf/search.yaml, unchanged)."""

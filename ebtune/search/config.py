@@ -185,10 +185,10 @@ class SearchConfig:
 
     @property
     def confirm_n(self) -> int:
-        """Fresh images per confirmed point: `search.confirm_n`, auto = twice `metric.n_samples`, so a
-        smoke search stays a smoke search."""
+        """Fresh images per confirmed point: `search.confirm_n`, auto = `metric.n_samples`, the size the
+        user asked for (the metric's resolution table backs 256 for the default; a smoke search stays one)."""
         value = self.search.confirm_n
-        return 2 * self.metric.n_samples if value == "auto" else int(value)
+        return self.metric.n_samples if value == "auto" else int(value)
 
     @property
     def launcher(self) -> str:
@@ -245,7 +245,7 @@ def _check_search(search: SearchSettings) -> None:
             raise ConfigError(f"search.{key}={getattr(search, key)} must be 0 or more")
     confirm_n = search.confirm_n
     if confirm_n != "auto" and (not isinstance(confirm_n, int) or isinstance(confirm_n, bool) or confirm_n < 0):
-        raise ConfigError(f"search.confirm_n={confirm_n!r} must be auto (twice metric.n_samples) or a whole number "
+        raise ConfigError(f"search.confirm_n={confirm_n!r} must be auto (metric.n_samples) or a whole number "
                           f">= 0 (0 = no confirmation)")
     if search.n_trials < 1:
         raise ConfigError(f"trials must be at least 1, got {search.n_trials}")
