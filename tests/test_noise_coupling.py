@@ -75,6 +75,8 @@ def test_default_sampling_is_bit_identical_to_drawing_in_each_step(small_dit, na
     assert torch.equal(got, x)
     again = sampler.sample(small_dit, noise, labels, step_noise=GeneratorNoise(torch.Generator().manual_seed(1)))
     assert torch.equal(again, got)
+    with pytest.raises(ValueError, match="not both"):
+        sampler.sample(small_dit, noise, labels, None, torch.Generator(), step_noise=GeneratorNoise())
 
 
 def test_every_fine_draw_enters_one_coarse_step_by_its_timestep():
