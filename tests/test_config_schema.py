@@ -89,10 +89,12 @@ def test_the_confirmation_is_sized_from_what_the_user_asked_for(tmp_path, given,
 
 def test_stored_metric_settings_of_an_earlier_search_still_match():
     """A study keeps its `metric:` section and refuses a resume that changes it; the default section is the
-    one searches stored before the sections were typed (values from conf/search.yaml, unchanged)."""
+    one searches stored before the sections were typed (values from conf/search.yaml, unchanged), plus
+    `couple_noise`, added since: it changes how fewer-step stochastic trials draw their step noise, so an
+    earlier study (stored without it) is refused rather than resumed with differently drawn trials."""
     stored = {"n_samples": 256, "batch_size": 32, "latency_warmup": 1, "bootstrap": 50, "margin": 1.5, "n_proxy": 64,
               "latency_pairs": "auto", "gap_prune": False}
-    assert compose([], config_name="search")["metric"] == stored
+    assert compose([], config_name="search")["metric"] == {**stored, "couple_noise": True}
 
 
 @pytest.mark.parametrize("section, value, message", [

@@ -11,6 +11,7 @@ from ebtune.cache.engine import CachedModel
 from ebtune.core.dit import DiTConfig
 from ebtune.core.schedule import Schedule
 from ebtune.run.loading import LoadedModel
+from ebtune.sampling.noise import CoupledNoise, GeneratorNoise, StepNoise
 from ebtune.sampling.samplers import Sampler
 
 
@@ -41,17 +42,23 @@ def generate(
     labels: torch.Tensor,
     seed: int = 0,
     batch_size: int = 256,
+    reference_steps: int | None = None,
 ) -> Generated:
     """Sample len(labels) images (`schedule`: a Schedule, or a cache attached once by the caller for
     many calls). Batch b uses step noise seeded `seed + 1 + b`, so two runs with the
-    same seed, labels and batch size see identical noise whatever the schedule."""
+    same seed, labels and batch size see identical noise whatever the schedule. With
+    `reference_steps`, a stochastic sampler's step noise is coupled to the `reference_steps`-step run of
+    the same batch (`CoupledNoise`), so runs at different step counts share their randomness too."""
     device = next(loaded.model.parameters()).device
     noise = initial_noise(len(labels), loaded.config, seed, device)
     start = time.perf_counter()
     latents, images = [], []
     for b, lo in enumerate(range(0, len(labels), batch_size)):
         gen = torch.Generator(device=device).manual_seed(seed + 1 + b)
-        x = sampler.sample(loaded.model, noise[lo:lo + batch_size], labels[lo:lo + batch_size].to(device), schedule, gen)
+        step_noise: StepNoise = GeneratorNoise(gen) if reference_steps is None else CoupledNoise(
+            gen, reference_steps, sampler.steps)
+        x = sampler.sample(loaded.model, noise[lo:lo + batch_size], labels[lo:lo + batch_size].to(device), schedule,
+                           step_noise=step_noise)
         latents.append(x)
         images.append(loaded.decode(x))
     if device.type == "cuda":

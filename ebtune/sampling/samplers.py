@@ -1,10 +1,11 @@
 """One sampling loop for every sampler; a sampler only supplies its `update` step.
 
-The loop owns the noise generator, the respaced timesteps, classifier-free guidance (DiT's doubled
-batch with the null label, guidance on the first `channels` ε channels), the cache lifecycle and the
-single ε-scale hook, which rescales the guided ε before the sampler step. Sampling step i runs chain
-index K−1−i, so step 0 is the noisiest. A multistep rule (DPM-Solver++) also sees the loop's last few
-steps as it consumed them (`Past`); the loop owns that history and starts it empty each call.
+The loop owns the step noise (a `StepNoise`; by default drawn from the run's generator), the respaced
+timesteps, classifier-free guidance (DiT's doubled batch with the null label, guidance on the first
+`channels` ε channels), the cache lifecycle and the single ε-scale hook, which rescales the guided ε
+before the sampler step. Sampling step i runs chain index K−1−i, so step 0 is the noisiest. A
+multistep rule (DPM-Solver++) also sees the loop's last few steps as it consumed them (`Past`); the
+loop owns that history and starts it empty each call.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ebtune.cache.engine import CachedModel
 from ebtune.core.diffusion import GaussianDiffusion
 from ebtune.core.schedule import Schedule
 from ebtune.registry import Registry
+from ebtune.sampling.noise import GeneratorNoise, StepNoise
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,18 @@ class SamplerStep(ABC):
     `lookback` is how many earlier steps of the same loop `update` sees in `history` (newest last);
     0, the default, for one-step rules, which then receive `()`. The loop keeps that history, starts
     it empty on every `Sampler.sample` and appends to it only after a step's update, so a step
-    policy's trial evaluations never enter it.
+    policy's trial evaluations never enter it. A stochastic rule takes its noise from `noise.draw(k, x)`,
+    never from a generator of its own, so the loop decides where it comes from (`CoupledNoise`).
     """
 
     name: str  # the registry name, recorded with every result
     lookback: int = 0
+    stochastic: bool = False  # whether `update` draws noise
 
     @abstractmethod
     def update(
         self, diffusion: GaussianDiffusion, k: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor,
-        generator: torch.Generator | None, history: tuple[Past, ...],
+        noise: StepNoise, history: tuple[Past, ...],
     ) -> torch.Tensor:
         """One reverse step at chain index k (k = 0 is the last)."""
 
@@ -79,14 +83,14 @@ class AncestralStep(SamplerStep):
     """DiT's `p_sample`: posterior mean from x̂₀ plus learned-range variance noise (none at k = 0)."""
 
     name = "ddpm"
+    stochastic = True
 
-    def update(self, diffusion, k, x, eps, var_values, generator, history):
+    def update(self, diffusion, k, x, eps, var_values, noise, history):
         t = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
         mean, _, log_var = diffusion.p_mean_variance(x, t, eps, var_values)
         if k == 0:
             return mean
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return mean + torch.exp(0.5 * log_var) * noise
+        return mean + torch.exp(0.5 * log_var) * noise.draw(k, x)
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,18 @@ class DDIMStep(SamplerStep):
         if self.eta < 0:
             raise ValueError(f"ddim eta must be >= 0, got {self.eta}")
 
-    def update(self, diffusion, k, x, eps, var_values, generator, history):
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def update(self, diffusion, k, x, eps, var_values, noise, history):
         ab, ab_prev = diffusion.alphas_cumprod[k], diffusion.alphas_cumprod_prev[k]
         x0 = predict_x0(diffusion, k, x, eps)
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         mean = x0 * math.sqrt(ab_prev) + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if k == 0 or sigma == 0:
             return mean
-        return mean + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + sigma * noise.draw(k, x)
 
 
 def half_log_snr(alpha_bar: float) -> float:
@@ -134,7 +142,7 @@ class DPMSolverPP(SamplerStep):
     it lands on x₀ as DDIM's last step does (diffusers' `final_sigmas_type="zero"`).
     """
 
-    def update(self, diffusion, k, x, eps, var_values, generator, history):
+    def update(self, diffusion, k, x, eps, var_values, noise, history):
         x0 = predict_x0(diffusion, k, x, eps)
         if k == 0:
             return x0
@@ -239,9 +247,10 @@ class Sampler:
         eps = torch.cat([guided, cond[:, g:C]], dim=1)
         return eps, cond[:, C:]
 
-    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, generator: torch.Generator | None,
+    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor, var_values: torch.Tensor, noise: StepNoise | None,
                history: tuple[Past, ...] = ()) -> torch.Tensor:
-        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`).
+        """The step's update at sampling step i; `history` holds earlier steps of this loop (see `SamplerStep`);
+        `noise` None draws from torch's global generator.
 
         Raises:
             ValueError: a multistep rule given fewer earlier steps than it looks back at (a loop of
@@ -251,7 +260,8 @@ class Sampler:
             raise ValueError(f"{self.step.name} looks back at {self.step.lookback} earlier step(s) but step {i} got "
                              f"{len(history)}; pass history=(Past(k, x, eps) of the previous steps) "
                              "or use Sampler.sample")
-        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, generator, history)
+        noise = noise or GeneratorNoise()
+        return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, noise, history)
 
     @torch.no_grad()
     def sample(
@@ -263,6 +273,7 @@ class Sampler:
         generator: torch.Generator | None = None,
         on_step: Callable[[int], None] | None = None,
         policy: StepPolicy | None = None,
+        step_noise: StepNoise | None = None,
     ) -> torch.Tensor:
         """Run the K steps from `noise` (N, C, H, W) for `labels` (N,); returns the final x₀ sample.
 
@@ -272,7 +283,16 @@ class Sampler:
                 evaluation attaches once for all its batches. ε is scaled by the schedule's
                 `eps_scale[i]` at step i.
             policy: decides each step's cache state while the loop runs (see `StepPolicy`).
+            generator, step_noise: a stochastic step's noise comes from `step_noise` when given (e.g. a
+                `CoupledNoise`), else it is drawn from `generator` in step order (`GeneratorNoise`).
+
+        Raises:
+            ValueError: both `generator` and `step_noise` given; a schedule for another step count; a
+                policy without a schedule.
         """
+        if generator is not None and step_noise is not None:
+            raise ValueError("pass the step noise's generator or a step_noise, not both")
+        step_noise = step_noise or GeneratorNoise(generator)
         if isinstance(schedule, CachedModel):
             cache, owned = schedule, False
         else:
@@ -303,7 +323,7 @@ class Sampler:
                 scale = 1.0 if cache is None else cache.schedule.eps_scale[i]
                 if scale != 1.0:
                     eps = eps * scale
-                x_next = self.update(i, x, eps, var_values, generator, tuple(history))
+                x_next = self.update(i, x, eps, var_values, step_noise, tuple(history))
                 history.append(Past(self.steps - 1 - i, x, eps))
                 x = x_next
                 if on_step is not None:

@@ -3,8 +3,9 @@
 A baseline's outcome is a function of the model's weights and decoder, the sampler and its step
 count, the schedule (masks, predictors, ε factors), the guidance, the seeds, labels, image count and
 batch size, the quality metric with its bootstrap and first-fidelity sizes, the device kind and the
-ebtune version; the metric by its registry name, reference and the name it reports under (an outcome
-stored before metrics had names of their own keeps its quality under "fid": it misses). `outcome_key`
+ebtune version, and the step count its step noise is coupled to (`Evaluator.coupled_steps`); the
+metric by its registry name, reference and the name it reports under (an outcome stored before
+metrics had names of their own keeps its quality under "fid": it misses). `outcome_key`
 hashes all of them (the weights by their bytes), so a change to any one misses the store and the
 baseline is evaluated afresh; searches of the same model, sampler, steps,
 seeds and n share their baselines, and a confirmation's baselines are shared by confirmations of
@@ -60,6 +61,9 @@ def outcome_key(evaluator: Evaluator, schedule: Schedule, sampler: Sampler) -> s
                    evaluator.n_proxy, hashlib.sha256(evaluator.labels.numpy().tobytes()).hexdigest()],
         "device": evaluator.device.type,
     }
+    coupled = evaluator.coupled_steps(sampler)
+    if coupled is not None:  # only where it changes the draws, so the keys of every other outcome stay as they were
+        what["coupled_to"] = coupled
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 

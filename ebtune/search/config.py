@@ -54,6 +54,8 @@ class MetricSettings:
     n_proxy: int
     latency_pairs: Any  # auto | a whole number >= 0
     gap_prune: bool
+    couple_noise: bool
+    couple_noise: bool
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Every evaluation in a search (baselines and trials) samples the same `metric.n_samples` images:
 class-balanced labels, and batch b of `batch_size` images drawn from seed `seed + 2b` (initial
 noise) and `seed + 2b + 1` (the sampler's step noise), so two schedules differ only by the cache.
+A stochastic sampler (ddpm, ddim with eta > 0) at a step count other than the search's K would use
+that generator differently from the K-step run; with `metric.couple_noise` (the default) its step
+noise is instead coupled to the K-step run's draws of the same batch (`ebtune.sampling.noise`), so a
+fewer-step baseline or trial and a K-step schedule share their step noise as well, and the paired
+error of their difference measures the schedules rather than unrelated noise.
 The batches double as the latency runs: each batch is timed (synchronised on GPU, decoding
 included), the first `latency_warmup` batches and a partial last batch are not counted, and
 `latency_s` is the median of the rest.
@@ -205,6 +210,7 @@ class Evaluator:
         self.max_pairs = min(self.timed_batches if most is None else most, self.timed_batches)
         self.seed = int(cfg["seed"])
         self.bootstrap = int(metric["bootstrap"])
+        self.couple_noise = bool(metric["couple_noise"])
         self.n_proxy = min(int(metric["n_proxy"]), self.n_samples)
         self.labels = class_balanced_labels(self.n_samples, self.loaded.config.num_classes)
         self.metric: Metric = make_metric(self.spec.fid, self.spec.fid_reference or None)
@@ -226,6 +232,13 @@ class Evaluator:
         if name is None or name == self.cfg["sampler"]["name"]:
             return self.sampler if steps == self.sampler.steps else sampler_from(self.cfg, self.spec, steps)
         return sampler_from({**self.cfg, "sampler": {"name": name}}, self.spec, steps)
+
+    def coupled_steps(self, sampler: Sampler) -> int | None:
+        """The step count `sampler`'s step noise is coupled to: the search's K where `metric.couple_noise`
+        is on and `sampler` is stochastic at another step count; None (plain draws) otherwise."""
+        if self.couple_noise and sampler.step.stochastic and sampler.steps != self.sampler.steps:
+            return self.sampler.steps
+        return None
 
     def point(self, space: SearchSpace, params: Mapping[str, Any]) -> tuple[Schedule, Sampler]:
         """The schedule and sampler of one space point: the search's sampler and steps unless the
@@ -275,7 +288,7 @@ class Evaluator:
                     cache = attached.enter_context(CachedModel(self.loaded.model, schedule))
                 # The gap gate watches this trial's first-rung batches only, never the uncached reference runs.
                 with watch if watch is not None and not rungs else nullcontext():
-                    out = generate(self.loaded, sampler, cache, labels, seed, self.batch)
+                    out = generate(self.loaded, sampler, cache, labels, seed, self.batch, self.coupled_steps(sampler))
                 images.append(out.images)
                 latents.append(out.latents.float().cpu())
                 if b >= self.warmup and len(out.labels) == self.batch:
