@@ -180,6 +180,23 @@ def test_resuming_a_study_the_landed_main_wrote_is_refused_in_one_line(tmp_path,
     assert load_folder_study(folder).user_attrs.get("baselines") is None  # refused before anything ran
 
 
+def test_resuming_a_study_from_before_a_setting_existed_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    folder, config = tmp_path / "old", _tiny(tmp_path / "old", "old")
+    open_session(config, Evaluator(config.cfg, config.device), log=lambda line: None)
+    # What the landed main stored: its metric section had no couple_noise (fewer-step runs drew plain noise).
+    study = load_folder_study(folder)
+    settings = study.user_attrs[SETTINGS]
+    study.set_user_attr(SETTINGS, {**settings, "metric": {k: v for k, v in settings["metric"].items() if k != "couple_noise"}})
+    with pytest.raises(ConfigError) as refused:
+        run_search(_tiny(folder, "old"), log=lambda line: None)
+    assert str(refused.value) == ("search 'old' was started by an earlier ebtune, before metric.couple_noise existed, "
+                                  "and cannot be resumed: start a new search (another name= and out=); the old "
+                                  "folder's pareto.json, `ebtune export`, `ebtune confirm` and `ebtune sync` still read it")
+    assert load_folder_study(folder).user_attrs.get("baselines") is None  # refused before anything ran
+
+
 def test_a_study_written_before_metrics_had_names_is_still_read(tmp_path):
     """The landed main's records: quality under "fid" (here dit-tiny's digits-native), no `quality` in
     pareto_meta. The views, the verdict, export and `schedules list` read them under "fid"."""

@@ -217,13 +217,26 @@ def scored(record: Mapping[str, Any], quality: str) -> Scored:
 
 
 def resume_refusal(name: str, stored: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
-    """The one line refusing to resume study `name` written before metrics had names of their own, or
-    None when that is not why its `stored` settings differ from `settings`.
+    """The one line refusing to resume study `name` written by an earlier ebtune, or None when that is
+    not why its `stored` settings differ from `settings`: it stored its quality metric as "fid"
+    (`_legacy_quality`), or a settings section lacks keys this version has (`metric.couple_noise`:
+    its fewer-step runs drew plain step noise, and one front cannot mix both)."""
+    new_keys = sorted(f"{section}.{key}" for section, values in settings.items() if isinstance(values, Mapping)
+                      and isinstance(stored.get(section), Mapping) for key in set(values) - set(stored[section]))
+    legacy = _legacy_quality(name, stored, settings)
+    if legacy or not new_keys:
+        return legacy
+    return (f"search {name!r} was started by an earlier ebtune, before {', '.join(new_keys)} existed, and cannot be "
+            f"resumed: start a new search (another name= and out=); {OLD_FOLDERS}")
 
-    Such a study keeps its quality metric under "fid" whichever metric it was (dit-tiny's digits-native
+
+OLD_FOLDERS = "the old folder's pareto.json, `ebtune export`, `ebtune confirm` and `ebtune sync` still read it"
+
+
+def _legacy_quality(name: str, stored: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
+    """Such a study keeps its quality metric under "fid" whichever metric it was (dit-tiny's digits-native
     included), and its trials' metrics cannot be renamed in place; a search now reporting the metric
-    under its own name would mix both keys in one front.
-    """
+    under its own name would mix both keys in one front."""
     old, new = list(stored.get("objectives", ())), list(settings.get("objectives", ()))
     if LEGACY_QUALITY not in old or LEGACY_QUALITY in new or len(new) <= old.index(LEGACY_QUALITY):
         return None
@@ -232,7 +245,7 @@ def resume_refusal(name: str, stored: Mapping[str, Any], settings: Mapping[str, 
         return None
     return (f"search {name!r} was started by an ebtune that stored its quality metric as 'fid'; this version "
             f"reports it as {now!r} and cannot resume that study: start a new search (another name= and out=); "
-            f"the old folder's pareto.json, `ebtune export`, `ebtune confirm` and `ebtune sync` still read it")
+            f"{OLD_FOLDERS}")
 
 
 def shown(record: Mapping[str, Any]) -> dict[str, Any]:
