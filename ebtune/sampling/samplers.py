@@ -263,6 +263,19 @@ class Sampler:
         noise = noise or GeneratorNoise()
         return self.step.update(self.diffusion, self.steps - 1 - i, x, eps, var_values, noise, history)
 
+    def _cache_for(self, model: nn.Module, schedule: Schedule | CachedModel | None) -> tuple[CachedModel | None, bool]:
+        """The cache a run uses and whether the run owns it (attached for this call only)."""
+        if schedule is None or isinstance(schedule, CachedModel):
+            cache, owned = schedule, False
+        else:
+            cache, owned = CachedModel(model, schedule), True
+        if cache is not None and cache.schedule.steps != self.steps:
+            if owned:
+                cache.close()
+            raise ValueError(f"schedule has {cache.schedule.steps} steps but the sampler runs {self.steps}; retarget it first")
+        return cache, owned
+
+
     @torch.no_grad()
     def sample(
         self,
@@ -293,16 +306,9 @@ class Sampler:
         if generator is not None and step_noise is not None:
             raise ValueError("pass the step noise's generator or a step_noise, not both")
         step_noise = step_noise or GeneratorNoise(generator)
-        if isinstance(schedule, CachedModel):
-            cache, owned = schedule, False
-        else:
-            cache, owned = (CachedModel(model, schedule) if schedule is not None else None), True
-        if cache is not None and cache.schedule.steps != self.steps:
-            if owned:
-                cache.close()
-            raise ValueError(f"schedule has {cache.schedule.steps} steps but the sampler runs {self.steps}; retarget it first")
-        if policy is not None and cache is None:
+        if policy is not None and schedule is None:
             raise ValueError("a step policy chooses cache states, so it needs a schedule (e.g. no_cache(steps, depth))")
+        cache, owned = self._cache_for(model, schedule)
         try:
             if cache is not None:
                 cache.reset()
@@ -330,7 +336,7 @@ class Sampler:
                     on_step(i)
             return x
         finally:
-            if cache is not None and owned:
+            if owned:
                 cache.close()
 
 
