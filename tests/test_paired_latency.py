@@ -42,8 +42,8 @@ class FakeClock:
     def start(self, *loads: float) -> None:
         self.calls, self.loads = [], list(loads)
 
-    def __call__(self, loaded, sampler, cache, labels, seed, batch_size):
-        out = self.real(loaded, sampler, cache, labels, seed, batch_size)
+    def __call__(self, loaded, sampler, cache, labels, seed, batch_size, reference_steps=None):
+        out = self.real(loaded, sampler, cache, labels, seed, batch_size, reference_steps)
         computed = sum(map(sum, cache.schedule.attn)) + sum(map(sum, cache.schedule.mlp))
         share = computed / (2 * cache.schedule.steps * cache.schedule.depth)
         load = self.loads[len(self.calls)] if len(self.calls) < len(self.loads) else 1.0
