@@ -82,3 +82,15 @@ def test_at_most_ten_lines():
 def test_an_empty_front():
     assert verdict([], BASELINES, OBJECTIVES, 1.0).lines() == [
         "No schedule to recommend: the front is empty (run more trials or relax the constraints)."]
+
+
+def test_confirming_some_baselines_keeps_the_searchs_speed_levels():
+    # After a confirmation only the baselines the verdict judged are re-scored (here ddpm-18 and no
+    # cache); trial 2 still belongs to the 1.92x level, not to the next confirmed one (2.78x).
+    confirmed = [b for b in BASELINES if b.name in ("nocache", "ddpm-18")]
+    levels = [float(b.metrics["speedup"]) for b in BASELINES if b.params["schedule"] == "none"]
+    assert verdict([FRONT[1]], confirmed, OBJECTIVES, 1.0, speeds=levels).lines()[1].startswith(
+        "At <= 1.92x: trial 2 (1.90x) beats ddpm-18: fid -2.2")
+    assert verdict([FRONT[1]], confirmed, OBJECTIVES, 1.0).lines()[1].startswith("At <= 2.78x: trial 2 (1.90x)")
+    alone = verdict([FRONT[2]], confirmed[:1], OBJECTIVES, 1.0, speeds=levels).lines()
+    assert alone[1] == "At <= 2.78x: trial 3 (2.50x); no uncached baseline of no more MACs was confirmed."

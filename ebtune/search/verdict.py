@@ -64,8 +64,10 @@ class Verdict:
 
     def _line(self, level: Level) -> str:
         point = f"{level.point.name} ({level.point.metrics['speedup']:.2f}x)"
-        if level.baseline is None or level.difference is None or level.standing is None:
+        if level.level is None:
             return f"Beyond every uncached baseline's speed: {point}; no schedule that caches nothing is as cheap."
+        if level.baseline is None or level.difference is None or level.standing is None:
+            return f"At <= {level.level:.2f}x: {point}; no uncached baseline of no more MACs was confirmed."
         d, n = level.difference, int(level.point.metrics.get("images", 0))
         how = f"paired over {d.n_draws} draws" if d.paired else "independent errors"
         return (f"At <= {level.level:.2f}x: {point} {SAYS[level.standing]} {level.baseline.name}: {self.quality} "
@@ -128,7 +130,7 @@ def _recommend(front: Sequence[Scored], objectives: Sequence[str], quality: str,
 
 
 def verdict(front: Sequence[Scored], baselines: Sequence[Scored], objectives: Sequence[str], margin: float,
-            constraints: Sequence[Constraint] = ()) -> Verdict:
+            constraints: Sequence[Constraint] = (), speeds: Sequence[float] | None = None) -> Verdict:
     """The verdict of a search (see the module docstring).
 
     Args:
@@ -138,11 +140,13 @@ def verdict(front: Sequence[Scored], baselines: Sequence[Scored], objectives: Se
         margin: the equivalence margin on the quality metric (`metric.margin`).
         constraints: the search's constraints; when given, the recommendation is the best quality
             meeting them instead of the knee.
+        speeds: the speed levels (default: the speedups of the uncached `baselines`); a confirmed
+            search passes its search's levels, so re-scoring only some baselines does not move them.
     """
     quality = _quality_metric([*front, *baselines], objectives)
     recommended, rule = _recommend(front, objectives, quality, constraints, {b.name: b.metrics for b in baselines})
     uncached = [b for b in baselines if b.params.get("schedule") == "none"]
-    speeds = sorted({float(b.metrics["speedup"]) for b in uncached})
+    speeds = sorted({float(b.metrics["speedup"]) for b in uncached} if speeds is None else set(speeds))
 
     def level_of(point: Scored) -> float | None:
         return next((s for s in speeds if s >= float(point.metrics["speedup"])), None)

@@ -30,6 +30,7 @@ from ebtune.search.records import (
     FAIL_REASON,
     MLFLOW_START,
     PARETO_META,
+    PRUNED,
     SCHEDULE_ATTR,
     SEARCH_ID,
     TRACKING,
@@ -244,8 +245,10 @@ class Views:
         """The search's verdict (`ebtune.search.verdict`) on its current front and baselines."""
         front = self.front() if front is None else front
         baselines = self.current_baselines() if baselines is None else baselines
+        levels = [float(b["metrics"]["speedup"]) for b in self.record.baselines  # the search's, confirmed or not
+                  if not b.get(PRUNED) and b["params"].get("schedule") == "none"]
         return verdict([scored(p, self.quality) for p in front], [scored(b, self.quality) for b in baselines],
-                       self.objectives, self.record.margin, self.constraints)
+                       self.objectives, self.record.margin, self.constraints, levels or None)
 
     def _have_runs(self, numbers: set[int]) -> bool:
         """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
