@@ -131,7 +131,9 @@ def test_failures_timeouts_and_the_failure_streak(search):
     assert hung.user_attrs["fail_reason"].splitlines()[-1].endswith(f"trial ran past search.trial_timeout_s={TIMEOUT_S}s")
     took = (hung.datetime_complete - hung.datetime_start).total_seconds()
     print(f"LAUNCHER-TIMEOUT | {search.launcher} | limit {TIMEOUT_S}s | hung trial ended after {took:.1f}s")
-    assert TIMEOUT_S <= took < TIMEOUT_S + 15
+    # Cut short: the hang sleeps 600 s. How soon after the limit is a machine's load (a fresh Ray actor
+    # on a busy 2-core machine took 59 s once), so the printed row reports it and the bound is loose.
+    assert TIMEOUT_S <= took < 120
     assert search(3, {0: "raise", 1: "hang", 2: "keep"})[0].exit_code == 0  # resumed: only the last trial runs
     study = load_folder_study(search.folder)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
