@@ -275,7 +275,6 @@ class Sampler:
             raise ValueError(f"schedule has {cache.schedule.steps} steps but the sampler runs {self.steps}; retarget it first")
         return cache, owned
 
-
     @torch.no_grad()
     def sample(
         self,

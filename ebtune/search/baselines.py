@@ -91,11 +91,6 @@ class Planned(NamedTuple):
     macs: float
 
 
-def baseline_names(evaluator: Evaluator, space: SearchSpace | None = None) -> list[str]:
-    """Names of the baselines this search may evaluate, in order (constraints may refer to them)."""
-    return [p.base.name for p in plan(evaluator, space)]
-
-
 def baseline_samplers(evaluator: Evaluator) -> list[str]:
     """`search.baseline_samplers`, the search's own sampler first (`auto`: with DEFAULT_BASELINE_SAMPLERS)."""
     given = evaluator.cfg["search"]["baseline_samplers"]

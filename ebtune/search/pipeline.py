@@ -27,7 +27,7 @@ from ebtune import __version__
 from ebtune.errors import ConfigError
 from ebtune.run.factory import resolve_threads
 from ebtune.search.baseline_cache import BaselineCache
-from ebtune.search.baselines import NO_CACHE, Known, baseline_names, evaluate_baselines
+from ebtune.search.baselines import NO_CACHE, Known, Planned, evaluate_baselines
 from ebtune.search.baselines import plan as baseline_plan
 from ebtune.search.config import SearchConfig
 from ebtune.search.confirm import confirm, fresh_seed
@@ -90,7 +90,8 @@ def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> Sear
     if config.device.type == "cpu":
         torch.set_num_threads(resolve_threads(config.threads))
     evaluator = Evaluator(config.cfg, config.device)
-    names = baseline_names(evaluator, config.space)
+    planned = baseline_plan(evaluator, config.space)
+    names = [p.base.name for p in planned]
     unknown = sorted({c.baseline for c in config.constraints if c.baseline} - set(names))
     if unknown:
         raise ConfigError(f"constraint names baseline(s) {', '.join(unknown)}; baselines are: {', '.join(names)}")
@@ -98,9 +99,9 @@ def run_search(config: SearchConfig, log: Callable[[str], None] = print) -> Sear
     status, stopped = "FAILED", None
     try:
         with sigterm_interrupts():
-            reference = _reference(session, log)
+            reference = _reference(session, planned, log)
             _trials(session, reference)
-            _baselines(session, reference)
+            _baselines(session, planned, reference)
             _confirmation(session, log)
             status = "FINISHED"
     except SearchStopped as stop:
@@ -171,12 +172,12 @@ def open_session(config: SearchConfig, evaluator: Evaluator, log: Callable[[str]
     return Session(config, evaluator, space, study, store, views, recorder)
 
 
-def _reference(session: Session, log: Callable[[str], None]) -> Reference:
-    """No cache (the trials' reference) and the baselines the constraints name, before the trials;
-    returns the reference."""
+def _reference(session: Session, planned: list[Planned], log: Callable[[str], None]) -> Reference:
+    """No cache (the trials' reference) and the baselines the constraints name, of the `planned` ones,
+    before the trials; returns the reference."""
     evaluator, recorder, cache = session.evaluator, session.recorder, baseline_cache(session.config)
     protected = _protected(session.config)
-    first = [p for p in baseline_plan(evaluator, session.space) if p.base.name == NO_CACHE or p.base.name in protected]
+    first = [p for p in planned if p.base.name == NO_CACHE or p.base.name in protected]
     recorded = {b["name"] for b in recorder.baselines}
     reference = None
     if NO_CACHE in recorded:
@@ -194,8 +195,8 @@ def _reference(session: Session, log: Callable[[str], None]) -> Reference:
                               reference=reference)[1]
 
 
-def _baselines(session: Session, reference: Reference) -> None:
-    """After the trials, the baselines the verdict and the front's relations can use: every one that
+def _baselines(session: Session, planned: list[Planned], reference: Reference) -> None:
+    """After the trials, the baselines the verdict and the front's relations can use: every planned one that
     costs no more MACs than the front's costliest point, cheapest first, under successive halving. One
     that costs more could judge nothing the search claims (`ebtune.search.verdict`), so it is not sampled."""
     evaluator, recorder = session.evaluator, session.recorder
@@ -204,7 +205,7 @@ def _baselines(session: Session, reference: Reference) -> None:
         return
     limit = max(float(p["metrics"]["macs"]) for p in front) * (1 + 1e-9)
     recorded = {b["name"] for b in recorder.baselines}
-    todo = [p for p in baseline_plan(evaluator, session.space)[1:] if p.base.name not in recorded and p.macs <= limit]
+    todo = [p for p in planned[1:] if p.base.name not in recorded and p.macs <= limit]
     if todo:
         evaluate_baselines(evaluator, todo, recorder.baseline, cache=baseline_cache(session.config),
                            protected=_protected(session.config), reference=reference,

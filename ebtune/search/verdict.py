@@ -129,6 +129,16 @@ def _recommend(front: Sequence[Scored], objectives: Sequence[str], quality: str,
     return _best(meeting, quality), f"the best {quality} meeting {said}"
 
 
+def caches_nothing(baseline: Scored) -> bool:
+    """Whether a baseline is uncached (no cache or fewer steps, with or without the ε rule)."""
+    return baseline.params.get("schedule") == "none"
+
+
+def speed_levels(baselines: Sequence[Scored]) -> list[float]:
+    """The distinct MAC speedups of the baselines that cache nothing, slowest first."""
+    return sorted({float(b.metrics["speedup"]) for b in baselines if caches_nothing(b)})
+
+
 def verdict(front: Sequence[Scored], baselines: Sequence[Scored], objectives: Sequence[str], margin: float,
             constraints: Sequence[Constraint] = (), speeds: Sequence[float] | None = None) -> Verdict:
     """The verdict of a search (see the module docstring).
@@ -140,13 +150,13 @@ def verdict(front: Sequence[Scored], baselines: Sequence[Scored], objectives: Se
         margin: the equivalence margin on the quality metric (`metric.margin`).
         constraints: the search's constraints; when given, the recommendation is the best quality
             meeting them instead of the knee.
-        speeds: the speed levels (default: the speedups of the uncached `baselines`); a confirmed
-            search passes its search's levels, so re-scoring only some baselines does not move them.
+        speeds: the speed levels (default: `speed_levels(baselines)`); a confirmed search passes its
+            search's baselines' levels, so re-scoring only some baselines does not move them.
     """
     quality = _quality_metric([*front, *baselines], objectives)
     recommended, rule = _recommend(front, objectives, quality, constraints, {b.name: b.metrics for b in baselines})
-    uncached = [b for b in baselines if b.params.get("schedule") == "none"]
-    speeds = sorted({float(b.metrics["speedup"]) for b in uncached} if speeds is None else set(speeds))
+    uncached = [b for b in baselines if caches_nothing(b)]
+    speeds = speed_levels(baselines) if speeds is None else sorted(set(speeds))
 
     def level_of(point: Scored) -> float | None:
         return next((s for s in speeds if s >= float(point.metrics["speedup"])), None)

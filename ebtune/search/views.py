@@ -46,7 +46,7 @@ from ebtune.search.records import (
     trial_name,
 )
 from ebtune.search.tracking import GuardedTracker, SearchTracker
-from ebtune.search.verdict import Verdict, verdict
+from ebtune.search.verdict import Verdict, speed_levels, verdict
 
 VIEWS_LOCK = ".views.lock"
 # How long a views write waits for another session's before it fails with one line (`ebtune.io.locks`).
@@ -245,10 +245,9 @@ class Views:
         """The search's verdict (`ebtune.search.verdict`) on its current front and baselines."""
         front = self.front() if front is None else front
         baselines = self.current_baselines() if baselines is None else baselines
-        levels = [float(b["metrics"]["speedup"]) for b in self.record.baselines  # the search's, confirmed or not
-                  if not b.get(PRUNED) and b["params"].get("schedule") == "none"]
+        searched = [scored(b, self.quality) for b in self.record.baselines if not b.get(PRUNED)]  # confirmed or not
         return verdict([scored(p, self.quality) for p in front], [scored(b, self.quality) for b in baselines],
-                       self.objectives, self.record.margin, self.constraints, levels or None)
+                       self.objectives, self.record.margin, self.constraints, speed_levels(searched))
 
     def _have_runs(self, numbers: set[int]) -> bool:
         """Whether every trial in `numbers` has a run (re-reading the store when this session lacks some)."""
